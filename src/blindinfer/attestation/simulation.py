@@ -63,7 +63,7 @@ def detect(data: bytes) -> bool:
 
 
 def _field(payload: Mapping[str, Any], name: str, typ: type, size: int | None = None) -> Any:
-    value = payload.get(name)
+    value: Any = payload.get(name)
     if not isinstance(value, typ) or isinstance(value, bool):
         raise EvidenceError(f"simulation evidence: field {name!r} missing or not {typ.__name__}")
     if size is not None and len(value) != size:
@@ -151,5 +151,7 @@ class KindPolicy:
     def check(self, claims: Claims) -> None:
         if claims.kind != KIND:
             raise PolicyError(f"expected simulation claims, got {claims.kind}")
-        expect_hex_in("simulation.measurement", self.measurement, claims.measurements["measurement"])
+        expect_hex_in(
+            "simulation.measurement", self.measurement, claims.measurements["measurement"]
+        )
         expect_hex_in("simulation.signer", self.signer, str(claims.fields["signer"]))

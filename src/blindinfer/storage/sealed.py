@@ -1,0 +1,95 @@
+"""Sealed model store: every model is encrypted at rest with a TEE-bound key.
+
+The disk is outside the trust boundary. Each model lives in one file ``<model_id>.sealed``:
+
+    magic "BINFSEAL1" | 12-byte nonce | AES-256-GCM(key, nonce, record, aad=magic + model_id)
+
+where ``record`` is a 4-byte big-endian length, that many bytes of JSON metadata, then the raw
+model bytes. Binding the id into the AAD stops an operator from swapping two files. Files are
+written to a temporary name, fsynced and renamed, so a crash never leaves a half-written model
+and an upload never destroys what was stored before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"BINFSEAL1"
+SUFFIX = ".sealed"
+_ID_RE = re.compile(r"^[0-9a-f-]{36}$")
+
+
+class StoreError(RuntimeError):
+    """A stored file could not be read or unsealed (wrong key, corruption, tampering)."""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    model_id: str
+    meta: Mapping[str, Any]
+    data: bytes
+
+
+class SealedStore:
+    def __init__(self, directory: Path, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the sealing key must be 32 bytes")
+        self.directory = directory
+        self._aead = AESGCM(key)
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, model_id: str) -> Path:
+        if not _ID_RE.match(model_id):
+            raise ValueError(f"invalid model id {model_id!r}")
+        return self.directory / f"{model_id}{SUFFIX}"
+
+    def put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        header = json.dumps(dict(meta), sort_keys=True).encode()
+        record = struct.pack(">I", len(header)) + header + data
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, record, MAGIC + model_id.encode())
+        path = self._path(model_id)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + nonce)
+            f.write(sealed)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def get(self, model_id: str) -> StoredModel:
+        path = self._path(model_id)
+        blob = path.read_bytes()
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
+            raise StoreError(f"{path.name}: not a blindinfer sealed model")
+        nonce = blob[len(MAGIC) : len(MAGIC) + 12]
+        try:
+            record = self._aead.decrypt(
+                nonce, memoryview(blob)[len(MAGIC) + 12 :], MAGIC + model_id.encode()
+            )
+        except InvalidTag:
+            raise StoreError(
+                f"{path.name}: cannot unseal (sealed by another TEE identity, or tampered with)"
+            ) from None
+        (hlen,) = struct.unpack(">I", record[:4])
+        meta = json.loads(record[4 : 4 + hlen])
+        return StoredModel(model_id, meta, record[4 + hlen :])
+
+    def delete(self, model_id: str) -> None:
+        self._path(model_id).unlink(missing_ok=True)
+
+    def ids(self) -> Iterator[str]:
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            stem = path.name[: -len(SUFFIX)]
+            if _ID_RE.match(stem):
+                yield stem
