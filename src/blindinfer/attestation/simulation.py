@@ -62,11 +62,9 @@ def detect(data: bytes) -> bool:
         return False
 
 
-def _field(payload: Mapping[str, Any], name: str, typ: type, size: int | None = None) -> Any:
-    value: Any = payload.get(name)
-    if not isinstance(value, typ) or isinstance(value, bool):
-        raise EvidenceError(f"simulation evidence: field {name!r} missing or not {typ.__name__}")
-    if size is not None and len(value) != size:
+def _bytes_field(payload: Mapping[str, Any], name: str, size: int) -> bytes:
+    value = payload.get(name)
+    if not isinstance(value, bytes) or len(value) != size:
         raise EvidenceError(f"simulation evidence: field {name!r} must be {size} bytes")
     return value
 
@@ -92,10 +90,12 @@ def verify(
         raise EvidenceError(f"simulation evidence payload is not valid CBOR: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("kind") != KIND or payload.get("version") != 1:
         raise EvidenceError("simulation evidence payload is not a version 1 simulation document")
-    measurement = _field(payload, "measurement", bytes, 32)
-    report_data = _field(payload, "report_data", bytes, 64)
-    signer = _field(payload, "signer", bytes, 32)
-    created = _field(payload, "created", int)
+    measurement = _bytes_field(payload, "measurement", 32)
+    report_data = _bytes_field(payload, "report_data", 64)
+    signer = _bytes_field(payload, "signer", 32)
+    created = payload.get("created")
+    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+        raise EvidenceError("simulation evidence: field 'created' must be a unix time")
     if roots is not None and signer not in set(roots):
         raise EvidenceError("simulation evidence is signed by a key that is not a trusted root")
     try:
