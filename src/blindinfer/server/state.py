@@ -1,0 +1,71 @@
+"""Everything a running server shares between its API surfaces (native, BlindAI compatibility)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from blindinfer.attestation.binding import report_data_for
+from blindinfer.attestation.claims import Evidence
+from blindinfer.engine.registry import ModelRegistry
+from blindinfer.server.config import Settings
+from blindinfer.server.tls import TlsIdentity
+from blindinfer.tee.base import TeeBackend
+
+T = TypeVar("T")
+
+# Startup evidence is re-generated this often, so collateral attached to it stays fresh.
+EVIDENCE_MAX_AGE_S = 3600.0
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    backend: TeeBackend
+    registry: ModelRegistry
+    tls: TlsIdentity
+    owner_token_sha256: bytes | None
+    executor: ThreadPoolExecutor
+    _evidence: Evidence | None = None
+    _evidence_time: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def evidence(self, nonce: bytes | None = None) -> Evidence:
+        """Evidence binding this server's certificate (and the client's nonce, when given)."""
+        if nonce is not None:
+            return self.backend.get_evidence(report_data_for(self.tls.certificate_der, nonce))
+        with self._lock:
+            if self._evidence is None or time.monotonic() - self._evidence_time > EVIDENCE_MAX_AGE_S:
+                self._evidence = self.backend.get_evidence(
+                    report_data_for(self.tls.certificate_der)
+                )
+                self._evidence_time = time.monotonic()
+            return self._evidence
+
+    def is_owner(self, token: str | None) -> bool:
+        if token is None or self.owner_token_sha256 is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.owner_token_sha256)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking work (inference, model loading, evidence) off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket the runner starts: an ASGI app on host:port, TLS when ``ssl``."""
+
+    name: str
+    app: object  # an ASGI application
+    host: str
+    port: int
+    ssl: object | None  # ssl.SSLContext, or None for plain HTTP
