@@ -1,0 +1,680 @@
+"""Verifier for AMD SEV-SNP attestation reports.
+
+Format: the ATTESTATION_REPORT structure of the AMD SEV-SNP Firmware ABI Specification
+(pub. 56860, "Table 23. ATTESTATION_REPORT Structure" in rev. 1.57; "Table 21" in older
+revisions): 1184 (0x4A0) bytes, little-endian. Report versions 2 and 3 are parsed; version 3
+only adds CPUID_FAM_ID/CPUID_MOD_ID/CPUID_STEP in bytes that version 2 reserves. Versions 4 and 5
+are accepted too: they only define further bytes that older versions reserve (mitigation
+vectors), which this verifier does not interpret.
+
+Trust: the report is signed (ECDSA P-384, SHA-384, over bytes 0x000..0x29F) by the chip's VCEK;
+the VCEK certificate is signed by the AMD SEV Key (ASK), which is signed by the AMD Root Key (ARK)
+of the processor family, all RSASSA-PSS SHA-384 (AMD "Versioned Chip Endorsement Key (VCEK)
+Certificate and KDS Interface Specification", pub. 57230). The ARKs for Milan, Genoa and Turin
+are pinned in ``roots/``; the VCEK and the ASK come with the evidence as collateral
+(``"vcek"``: DER or PEM, ``"chain"``: PEM with the ASK and optionally the ARK).
+
+The VCEK is specific to one chip and one TCB version: its hwID extension must equal the report's
+CHIP_ID and its SPL extensions must equal the report's REPORTED_TCB.
+
+Not supported: reports signed by a VLEK (SIGNING_KEY = 1) or by no key (7); revocation lists
+(the AMD CRLs are not fetched here). On Turin (family 1Ah) the TCB layout differs (an FMC SPL
+byte first) and the VCEK hwID is 8 bytes: only CHIP_ID[0:8] is compared then.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any, ClassVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
+
+from blindinfer.attestation.claims import Claims
+from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
+from blindinfer.errors import (
+    AttestationError,
+    CollateralError,
+    ConfigError,
+    EvidenceError,
+    PolicyError,
+)
+
+KIND = "snp"
+PRODUCTS = ("milan", "genoa", "turin")
+
+# --- ATTESTATION_REPORT layout (ABI spec, Table 23) --------------------------------------------
+REPORT_SIZE = 0x4A0
+SIGNED_END = 0x2A0  # the signature covers bytes 0x000..0x29F
+SUPPORTED_VERSIONS = (2, 3, 4, 5)
+SIG_ALGO_ECDSA_P384_SHA384 = 1
+OFF_REPORT_DATA, OFF_MEASUREMENT, OFF_HOST_DATA = 0x50, 0x90, 0xC0
+OFF_ID_KEY_DIGEST, OFF_AUTHOR_KEY_DIGEST = 0xE0, 0x110
+OFF_REPORT_ID, OFF_REPORT_ID_MA = 0x140, 0x160
+OFF_REPORTED_TCB, OFF_CPUID = 0x180, 0x188
+OFF_CHIP_ID = 0x1A0
+OFF_COMMITTED_TCB, OFF_CURRENT_BUILD, OFF_COMMITTED_BUILD, OFF_LAUNCH_TCB = (
+    0x1E0,
+    0x1E8,
+    0x1EC,
+    0x1F0,
+)
+# SIGNATURE (ABI spec, "ECDSA P-384 with SHA-384 Signature Format"): R and S are 72-byte
+# little-endian fields; the rest of the 512-byte signature area is reserved (must be zero).
+SIG_COMPONENT = 72
+P384_BYTES = 48
+
+# GUEST_POLICY bits (ABI spec, Table 9 "Guest Policy Structure").
+POLICY_MIGRATE_MA = 1 << 18
+POLICY_DEBUG = 1 << 19
+# Flags at 0x48 (ABI spec, Table 23): bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_ID, bits 4:2 SIGNING_KEY.
+FLAG_AUTHOR_KEY_EN = 1 << 0
+FLAG_MASK_CHIP_ID = 1 << 1
+SIGNING_KEY_NAMES = {0: "VCEK", 1: "VLEK", 7: "none"}
+
+# VCEK certificate extensions (KDS interface spec, pub. 57230, "VCEK Certificate Extensions").
+OID_PRODUCT_NAME = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.2")
+OID_HWID = x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.4")
+TCB_OIDS = {
+    "bootloader": x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.1"),
+    "tee": x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.2"),
+    "snp": x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.3"),
+    "microcode": x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.8"),
+    "fmc": x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.9"),  # Turin only
+}
+TCB_PARTS = ("bootloader", "tee", "snp", "microcode")
+
+# All AMD certificates in the chain: RSASSA-PSS, SHA-384, MGF1-SHA-384, salt length 48.
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """The fields of an ATTESTATION_REPORT that this verifier uses (raw, not yet trusted)."""
+
+    raw: bytes
+    version: int
+    guest_svn: int
+    policy: int
+    family_id: bytes
+    image_id: bytes
+    vmpl: int
+    signature_algo: int
+    current_tcb: bytes
+    platform_info: int
+    flags: int
+    report_data: bytes
+    measurement: bytes
+    host_data: bytes
+    id_key_digest: bytes
+    author_key_digest: bytes
+    report_id: bytes
+    report_id_ma: bytes
+    reported_tcb: bytes
+    cpuid: tuple[int, int, int]
+    chip_id: bytes
+    committed_tcb: bytes
+    current_build: tuple[int, int, int]
+    committed_build: tuple[int, int, int]
+    launch_tcb: bytes
+    sig_r: int
+    sig_s: int
+
+    @property
+    def signing_key(self) -> int:
+        return (self.flags >> 2) & 0b111
+
+
+def _bytes(raw: bytes, off: int, size: int) -> bytes:
+    return raw[off : off + size]
+
+
+def _version_triplet(raw: bytes, off: int) -> tuple[int, int, int]:
+    """BUILD, MINOR, MAJOR bytes (ABI spec Table 23, CURRENT_*/COMMITTED_*) -> (maj, min, b)."""
+    build, minor, major = raw[off], raw[off + 1], raw[off + 2]
+    return (major, minor, build)
+
+
+def _signature_component(raw: bytes, off: int, name: str) -> int:
+    field = raw[off : off + SIG_COMPONENT]
+    if any(field[P384_BYTES:]):
+        raise EvidenceError(f"SEV-SNP report signature {name} has non-zero bytes above 384 bits")
+    return int.from_bytes(field, "little")
+
+
+def parse_report(raw: bytes) -> Report:
+    """Split a report into fields; refuse wrong sizes, versions and signature formats."""
+    if len(raw) != REPORT_SIZE:
+        raise EvidenceError(f"SEV-SNP report must be {REPORT_SIZE} bytes, got {len(raw)}")
+    version, guest_svn, policy = struct.unpack_from("<IIQ", raw, 0x00)
+    if version not in SUPPORTED_VERSIONS:
+        raise EvidenceError(
+            f"unsupported SEV-SNP report version {version} (supported: {SUPPORTED_VERSIONS})"
+        )
+    vmpl, sig_algo = struct.unpack_from("<II", raw, 0x30)
+    if sig_algo != SIG_ALGO_ECDSA_P384_SHA384:
+        raise EvidenceError(f"unsupported SEV-SNP signature algorithm {sig_algo} (expected 1)")
+    platform_info, flags = struct.unpack_from("<QI", raw, 0x40)
+    sig_area = raw[SIGNED_END:]
+    if any(sig_area[2 * SIG_COMPONENT :]):
+        raise EvidenceError("SEV-SNP report: reserved bytes of the signature area are not zero")
+    return Report(
+        raw=raw,
+        version=version,
+        guest_svn=guest_svn,
+        policy=policy,
+        family_id=_bytes(raw, 0x10, 16),
+        image_id=_bytes(raw, 0x20, 16),
+        vmpl=vmpl,
+        signature_algo=sig_algo,
+        current_tcb=_bytes(raw, 0x38, 8),
+        platform_info=platform_info,
+        flags=flags,
+        report_data=_bytes(raw, OFF_REPORT_DATA, 64),
+        measurement=_bytes(raw, OFF_MEASUREMENT, 48),
+        host_data=_bytes(raw, OFF_HOST_DATA, 32),
+        id_key_digest=_bytes(raw, OFF_ID_KEY_DIGEST, 48),
+        author_key_digest=_bytes(raw, OFF_AUTHOR_KEY_DIGEST, 48),
+        report_id=_bytes(raw, OFF_REPORT_ID, 32),
+        report_id_ma=_bytes(raw, OFF_REPORT_ID_MA, 32),
+        reported_tcb=_bytes(raw, OFF_REPORTED_TCB, 8),
+        cpuid=(raw[OFF_CPUID], raw[OFF_CPUID + 1], raw[OFF_CPUID + 2]),
+        chip_id=_bytes(raw, OFF_CHIP_ID, 64),
+        committed_tcb=_bytes(raw, OFF_COMMITTED_TCB, 8),
+        current_build=_version_triplet(raw, OFF_CURRENT_BUILD),
+        committed_build=_version_triplet(raw, OFF_COMMITTED_BUILD),
+        launch_tcb=_bytes(raw, OFF_LAUNCH_TCB, 8),
+        sig_r=_signature_component(raw, SIGNED_END, "R"),
+        sig_s=_signature_component(raw, SIGNED_END + SIG_COMPONENT, "S"),
+    )
+
+
+def decode_tcb(raw: bytes, product: str | None) -> dict[str, int]:
+    """TCB_VERSION (ABI spec, "TCB_VERSION Structure"): 8 bytes, one SPL per byte.
+
+    Milan/Genoa: [0] BOOT_LOADER, [1] TEE, [2..5] reserved, [6] SNP, [7] MICROCODE.
+    Turin: [0] FMC, [1] BOOT_LOADER, [2] TEE, [3] SNP, [4..6] reserved, [7] MICROCODE.
+    """
+    if product == "turin":
+        return {
+            "fmc": raw[0],
+            "bootloader": raw[1],
+            "tee": raw[2],
+            "snp": raw[3],
+            "microcode": raw[7],
+        }
+    return {"bootloader": raw[0], "tee": raw[1], "snp": raw[6], "microcode": raw[7]}
+
+
+def detect(data: bytes) -> bool:
+    try:
+        if len(data) != REPORT_SIZE:
+            return False
+        (version,) = struct.unpack_from("<I", data, 0)
+        (sig_algo,) = struct.unpack_from("<I", data, 0x34)
+        return version in SUPPORTED_VERSIONS and sig_algo == SIG_ALGO_ECDSA_P384_SHA384
+    except Exception:
+        return False
+
+
+# --- certificates ------------------------------------------------------------------------------
+
+
+def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
+    """Load one DER certificate or any number of PEM certificates.
+
+    AMD VCEKs carry serial number 0, which recent ``cryptography`` warns about; the warning is
+    silenced here only.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return x509.load_pem_x509_certificates(data)
+            return [x509.load_der_x509_certificate(data)]
+    except Exception as exc:
+        raise CollateralError(
+            f"SEV-SNP collateral: {what} is not a valid certificate: {exc}"
+        ) from exc
+
+
+def _cn(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()
+
+
+def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if not nb <= at <= na:
+        raise CollateralError(
+            f"SEV-SNP {role} certificate {_cn(cert)!r} is not valid at {at.isoformat()}: "
+            f"valid from {nb.isoformat()} to {na.isoformat()}"
+        )
+
+
+def _check_pss_signed(cert: x509.Certificate, issuer: x509.Certificate, role: str) -> None:
+    """Name chaining and an RSASSA-PSS SHA-384 (salt 48) signature by ``issuer``."""
+    if cert.issuer != issuer.subject:
+        raise EvidenceError(
+            f"SEV-SNP {role} certificate {_cn(cert)!r} is issued by "
+            f"{cert.issuer.rfc4514_string()!r}, not by {issuer.subject.rfc4514_string()!r}"
+        )
+    key = issuer.public_key()
+    if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS or not isinstance(
+        key, rsa.RSAPublicKey
+    ):
+        raise EvidenceError(f"SEV-SNP {role} certificate {_cn(cert)!r} is not RSASSA-PSS signed")
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS, hashes.SHA384())
+    except InvalidSignature:
+        raise EvidenceError(
+            f"SEV-SNP {role} certificate {_cn(cert)!r} signature by {_cn(issuer)!r} does not verify"
+        ) from None
+
+
+def _check_ca(cert: x509.Certificate, role: str) -> None:
+    try:
+        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+    except (x509.ExtensionNotFound, ValueError):
+        bc = None
+    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
+        raise EvidenceError(f"SEV-SNP {role} certificate {_cn(cert)!r} is not a CA certificate")
+
+
+@cache
+def _pinned_arks() -> tuple[x509.Certificate, ...]:
+    roots = resources.files("blindinfer.attestation").joinpath("roots")
+    return tuple(
+        x509.load_pem_x509_certificate(roots.joinpath(f"amd_ark_{p}.pem").read_bytes())
+        for p in PRODUCTS
+    )
+
+
+def _trusted_arks(roots: Sequence[bytes] | None) -> list[x509.Certificate]:
+    if roots is None:
+        return list(_pinned_arks())
+    out: list[x509.Certificate] = []
+    for der in roots:
+        out.extend(_load_certs(der, "trusted ARK"))
+    return out
+
+
+def _product_of(ark: x509.Certificate) -> str | None:
+    """AMD names its roots ``ARK-Milan``, ``ARK-Genoa``, ``ARK-Turin``."""
+    name = _cn(ark).lower()
+    return name[4:] if name.startswith("ark-") and name[4:] in PRODUCTS else None
+
+
+def _find_ask(chain: list[x509.Certificate], vcek: x509.Certificate) -> x509.Certificate:
+    for cert in chain:
+        if cert.subject == vcek.issuer and cert.subject != cert.issuer:
+            return cert
+    have = [_cn(c) for c in chain]
+    raise EvidenceError(
+        f"SEV-SNP chain has no ASK for VCEK issuer {vcek.issuer.rfc4514_string()!r} "
+        f"(the chain holds {have}); is it the chain for the right product?"
+    )
+
+
+def _find_ark(
+    ask: x509.Certificate, chain: list[x509.Certificate], trusted: list[x509.Certificate]
+) -> x509.Certificate:
+    """The trusted ARK that issued the ASK; an ARK shipped in the chain must be that same key."""
+    candidates = [a for a in trusted if a.subject == ask.issuer]
+    if not candidates:
+        raise EvidenceError(
+            f"SEV-SNP ASK {_cn(ask)!r} is issued by {ask.issuer.rfc4514_string()!r}, which is not "
+            f"a trusted AMD root (trusted: {[_cn(a) for a in trusted]})"
+        )
+    shipped = [c for c in chain if c.subject == ask.issuer and c.issuer == c.subject]
+    for ark in candidates:
+        if all(s.public_key() == ark.public_key() for s in shipped):
+            return ark
+    raise EvidenceError(f"SEV-SNP chain's ARK {_cn(shipped[0])!r} is not the pinned AMD root")
+
+
+@dataclass(frozen=True)
+class _Chain:
+    vcek: x509.Certificate
+    ask: x509.Certificate
+    ark: x509.Certificate
+    product: str | None
+
+
+def verify_chain(
+    collateral: Mapping[str, bytes], at: datetime, roots: Sequence[bytes] | None
+) -> _Chain:
+    """VCEK <- ASK <- ARK: names, RSASSA-PSS signatures, CA flags and validity at ``at``."""
+    if "vcek" not in collateral:
+        raise CollateralError("SEV-SNP collateral has no VCEK certificate ('vcek')")
+    if "chain" not in collateral:
+        raise CollateralError("SEV-SNP collateral has no ASK/ARK chain ('chain')")
+    vceks = _load_certs(collateral["vcek"], "vcek")
+    if len(vceks) != 1:
+        raise CollateralError(
+            f"SEV-SNP collateral 'vcek' must hold one certificate, not {len(vceks)}"
+        )
+    vcek = vceks[0]
+    chain = _load_certs(collateral["chain"], "chain")
+    ask = _find_ask(chain, vcek)
+    ark = _find_ark(ask, chain, _trusted_arks(roots))
+    _check_pss_signed(ark, ark, "ARK")
+    _check_pss_signed(ask, ark, "ASK")
+    _check_pss_signed(vcek, ask, "VCEK")
+    _check_ca(ark, "ARK")
+    _check_ca(ask, "ASK")
+    for cert, role in ((vcek, "VCEK"), (ask, "ASK"), (ark, "ARK")):
+        _check_validity(cert, role, at)
+    product = _product_of(ark)
+    _check_product_name(vcek, product)
+    return _Chain(vcek=vcek, ask=ask, ark=ark, product=product)
+
+
+def _ext_value(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_oid(oid).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    return ext.value if isinstance(ext, x509.UnrecognizedExtension) else None
+
+
+def _der_small_int(raw: bytes) -> int | None:
+    """A DER INTEGER with a short length (the VCEK SPL extensions hold one byte values)."""
+    if len(raw) < 3 or raw[0] != 0x02 or raw[1] != len(raw) - 2 or raw[1] > 8:
+        return None
+    return int.from_bytes(raw[2:], "big", signed=True)
+
+
+def _check_product_name(vcek: x509.Certificate, product: str | None) -> None:
+    """The VCEK productName extension (IA5String, e.g. "Milan-B0") must match the chain."""
+    raw = _ext_value(vcek, OID_PRODUCT_NAME)
+    if raw is None or product is None or len(raw) < 2 or raw[0] != 0x16:
+        return
+    name = raw[2:].decode("ascii", "replace").split("-")[0].lower()
+    if name in PRODUCTS and name != product:
+        raise EvidenceError(f"SEV-SNP VCEK is for product {name!r} but its chain is {product!r}")
+
+
+def _check_vcek_binding(report: Report, vcek: x509.Certificate, product: str | None) -> None:
+    """The VCEK is per chip (hwID == CHIP_ID) and per TCB (SPL extensions == REPORTED_TCB)."""
+    hwid = _ext_value(vcek, OID_HWID)
+    if hwid is None:
+        raise EvidenceError("SEV-SNP VCEK has no hwID extension (1.3.6.1.4.1.3704.1.4)")
+    if report.flags & FLAG_MASK_CHIP_ID:
+        raise EvidenceError("SEV-SNP report has MASK_CHIP_ID set; it cannot be bound to a VCEK")
+    if len(hwid) not in (8, 64) or report.chip_id[: len(hwid)] != hwid:
+        raise EvidenceError(
+            f"SEV-SNP report CHIP_ID {report.chip_id.hex()} does not match the VCEK hwID "
+            f"{hwid.hex()}: the VCEK belongs to another chip"
+        )
+    reported = decode_tcb(report.reported_tcb, product)
+    for part, value in reported.items():
+        raw = _ext_value(vcek, TCB_OIDS[part])
+        cert_value = _der_small_int(raw) if raw is not None else None
+        if cert_value != value:
+            raise EvidenceError(
+                f"SEV-SNP reported TCB {part} SPL is {value} but the VCEK was issued for "
+                f"{cert_value}: the VCEK is for another TCB version"
+            )
+
+
+def _check_report_signature(report: Report, vcek: x509.Certificate) -> None:
+    key = vcek.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise EvidenceError("SEV-SNP VCEK public key is not an ECDSA P-384 key")
+    signature = encode_dss_signature(report.sig_r, report.sig_s)
+    try:
+        key.verify(signature, report.raw[:SIGNED_END], ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise EvidenceError("SEV-SNP report signature does not verify with the VCEK") from None
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+def _fields(report: Report, product: str | None) -> dict[str, Any]:
+    def version(v: tuple[int, int, int]) -> str:
+        return ".".join(str(x) for x in v)
+
+    return {
+        "version": report.version,
+        "guest_svn": report.guest_svn,
+        "policy": report.policy,
+        "migrate_ma": bool(report.policy & POLICY_MIGRATE_MA),
+        "family_id": report.family_id.hex(),
+        "image_id": report.image_id.hex(),
+        "vmpl": report.vmpl,
+        "signing_key": SIGNING_KEY_NAMES.get(report.signing_key, str(report.signing_key)),
+        "author_key_en": bool(report.flags & FLAG_AUTHOR_KEY_EN),
+        "platform_info": report.platform_info,
+        "current_tcb": decode_tcb(report.current_tcb, product),
+        "reported_tcb": decode_tcb(report.reported_tcb, product),
+        "committed_tcb": decode_tcb(report.committed_tcb, product),
+        "launch_tcb": decode_tcb(report.launch_tcb, product),
+        "current_version": version(report.current_build),
+        "committed_version": version(report.committed_build),
+        "cpuid": list(report.cpuid) if report.version >= 3 else None,
+        "chip_id": report.chip_id.hex(),
+        "id_key_digest": report.id_key_digest.hex(),
+        "author_key_digest": report.author_key_digest.hex(),
+        "report_id": report.report_id.hex(),
+        "report_id_ma": report.report_id_ma.hex(),
+        "product": product,
+    }
+
+
+def verify(
+    evidence: bytes,
+    collateral: Mapping[str, bytes],
+    *,
+    at: datetime,
+    roots: Sequence[bytes] | None = None,
+) -> Claims:
+    """Check the report signature, the VCEK <- ASK <- ARK chain at ``at`` and the VCEK binding.
+
+    ``roots`` (DER ARK certificates) replaces the pinned AMD roots.
+    """
+    if at.tzinfo is None:
+        raise ValueError("verification time must be timezone-aware")
+    report = parse_report(bytes(evidence))
+    if report.signing_key != 0:
+        name = SIGNING_KEY_NAMES.get(report.signing_key, str(report.signing_key))
+        raise EvidenceError(f"SEV-SNP report is signed by {name}; only VCEK signing is supported")
+    try:
+        chain = verify_chain(collateral, at, roots)
+        _check_report_signature(report, chain.vcek)
+        _check_vcek_binding(report, chain.vcek, chain.product)
+    except AttestationError:
+        raise
+    except Exception as exc:  # a malformed certificate can make cryptography raise anything
+        raise CollateralError(
+            f"SEV-SNP certificates are malformed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return Claims(
+        kind=KIND,
+        report_data=report.report_data,
+        measurements={"measurement": report.measurement.hex(), "host_data": report.host_data.hex()},
+        debug=bool(report.policy & POLICY_DEBUG),
+        fields=_fields(report, chain.product),
+        verified_at=at,
+    )
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+_POLICY_KEYS = {
+    "measurement",
+    "host_data",
+    "allow_debug",
+    "allow_migration_agent",
+    "min_tcb",
+    "vmpl",
+    "max_vmpl",
+    "min_guest_svn",
+    "family_id",
+    "image_id",
+}
+_TCB_KEYS = (*TCB_PARTS, "fmc")
+
+
+def _opt_bool(table: Mapping[str, Any], key: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"policy: snp.{key} must be true or false")
+    return value
+
+
+def _opt_uint(table: Mapping[str, Any], key: str, name: str) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"policy: {name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _min_tcb(table: Mapping[str, Any]) -> dict[str, int] | None:
+    raw = table.get("min_tcb")
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            "policy: snp.min_tcb must be a table {bootloader=, tee=, snp=, microcode=}"
+        )
+    unknown = set(raw) - set(_TCB_KEYS)
+    if unknown:
+        raise ConfigError(f"policy: unknown key(s) {sorted(unknown)} in snp.min_tcb")
+    out: dict[str, int] = {}
+    for key in _TCB_KEYS:
+        value = _opt_uint(raw, key, f"snp.min_tcb.{key}")
+        if value is not None:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class KindPolicy:
+    """``[snp]``: pins the launch measurement and judges the guest policy, VMPL and TCB.
+
+    - ``measurement`` (48 bytes) / ``host_data`` (32) / ``family_id`` / ``image_id`` (16): hex
+      or lists of hex;
+    - ``allow_debug`` (default false): accept guests whose POLICY allows debugging (bit 19);
+    - ``allow_migration_agent`` (default false): accept guests that may have a migration agent;
+    - ``min_tcb = {bootloader=, tee=, snp=, microcode=}`` (and ``fmc`` on Turin): minimum SPLs of
+      the REPORTED_TCB;
+    - ``vmpl`` (exact) or ``max_vmpl``; ``min_guest_svn``.
+    """
+
+    kind: ClassVar[str] = KIND
+    measurement: list[str] | None = None
+    host_data: list[str] | None = None
+    allow_debug: bool = False
+    allow_migration_agent: bool = False
+    min_tcb: dict[str, int] | None = None
+    vmpl: int | None = None
+    max_vmpl: int | None = None
+    min_guest_svn: int | None = None
+    family_id: list[str] | None = None
+    image_id: list[str] | None = None
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
+        reject_unknown_keys(KIND, table, _POLICY_KEYS)
+        return cls(
+            measurement=hex_list(table, "measurement", 48),
+            host_data=hex_list(table, "host_data", 32),
+            allow_debug=_opt_bool(table, "allow_debug"),
+            allow_migration_agent=_opt_bool(table, "allow_migration_agent"),
+            min_tcb=_min_tcb(table),
+            vmpl=_opt_uint(table, "vmpl", "snp.vmpl"),
+            max_vmpl=_opt_uint(table, "max_vmpl", "snp.max_vmpl"),
+            min_guest_svn=_opt_uint(table, "min_guest_svn", "snp.min_guest_svn"),
+            family_id=hex_list(table, "family_id", 16),
+            image_id=hex_list(table, "image_id", 16),
+        )
+
+    @classmethod
+    def from_claims(cls, claims: Claims) -> KindPolicy:
+        f = claims.fields
+        return cls(
+            measurement=[claims.measurements["measurement"]],
+            host_data=[claims.measurements["host_data"]],
+            allow_debug=claims.debug,
+            allow_migration_agent=bool(f["migrate_ma"]),
+            min_tcb={k: int(v) for k, v in dict(f["reported_tcb"]).items()},
+            vmpl=int(f["vmpl"]),
+            min_guest_svn=int(f["guest_svn"]),
+            family_id=[str(f["family_id"])],
+            image_id=[str(f["image_id"])],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("measurement", "host_data"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["allow_debug"] = self.allow_debug
+        out["allow_migration_agent"] = self.allow_migration_agent
+        for key in ("min_tcb", "vmpl", "max_vmpl", "min_guest_svn", "family_id", "image_id"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    def check(self, claims: Claims) -> None:
+        if claims.kind != KIND:
+            raise PolicyError(f"expected snp claims, got {claims.kind}")
+        f = claims.fields
+        if claims.debug and not self.allow_debug:
+            raise PolicyError(
+                f"policy mismatch on snp.allow_debug: expected false (debugging not allowed), "
+                f"evidence has POLICY {int(f['policy']):#x} with DEBUG (bit 19) set"
+            )
+        if f["migrate_ma"] and not self.allow_migration_agent:
+            raise PolicyError(
+                f"policy mismatch on snp.allow_migration_agent: expected false, evidence has "
+                f"POLICY {int(f['policy']):#x} with MIGRATE_MA (bit 18) set"
+            )
+        expect_hex_in("snp.measurement", self.measurement, claims.measurements["measurement"])
+        expect_hex_in("snp.host_data", self.host_data, claims.measurements["host_data"])
+        expect_hex_in("snp.family_id", self.family_id, str(f["family_id"]))
+        expect_hex_in("snp.image_id", self.image_id, str(f["image_id"]))
+        self._check_numbers(f)
+
+    def _check_numbers(self, f: Mapping[str, Any]) -> None:
+        vmpl, svn = int(f["vmpl"]), int(f["guest_svn"])
+        if self.vmpl is not None and vmpl != self.vmpl:
+            raise PolicyError(
+                f"policy mismatch on snp.vmpl: expected {self.vmpl}, evidence has {vmpl}"
+            )
+        if self.max_vmpl is not None and vmpl > self.max_vmpl:
+            raise PolicyError(
+                f"policy mismatch on snp.max_vmpl: expected at most {self.max_vmpl}, "
+                f"evidence has {vmpl}"
+            )
+        if self.min_guest_svn is not None and svn < self.min_guest_svn:
+            raise PolicyError(
+                f"policy mismatch on snp.min_guest_svn: expected at least {self.min_guest_svn}, "
+                f"evidence has {svn}"
+            )
+        reported: Mapping[str, int] = f["reported_tcb"]
+        for part, minimum in (self.min_tcb or {}).items():
+            have = reported.get(part)
+            if have is None or have < minimum:
+                raise PolicyError(
+                    f"policy mismatch on snp.min_tcb.{part}: expected at least {minimum}, "
+                    f"evidence has {have if have is not None else 'none'}"
+                )
