@@ -1,0 +1,647 @@
+"""Shared Intel DCAP plumbing for the SGX (quote v3) and TDX (quote v4/v5) verifiers.
+
+The cryptographic work (QE report and ISV signatures, PCK chain and CRLs, TCB info and QE identity
+signatures and validity windows, TCB level matching) is done by dcap-qvl
+(``verify_with_root_ca``, with the verification time passed explicitly). This module adds:
+
+- a strict parse of the quote layout, so that no byte of the quote is left unchecked: dcap-qvl
+  ignores size fields it does not need, PEM whitespace and the root certificate embedded in the
+  quote (it anchors on the root it is given); here every size must add up exactly, the embedded
+  PCK chain must be canonical PEM and end in the trusted root, and only zero padding may follow
+  the signature data;
+- validity windows of every collateral item, so that an expired item is named with its date;
+- the mapping of every dcap-qvl failure to EvidenceError or CollateralError;
+- the TCB-status / advisory / masked-attribute policy checks both kinds share.
+
+Layout references: Intel SGX ECDSA Quote Library API, Appendix A "Quote Format" (quote v3: header,
+ISV enclave report body, ECDSA 256-bit quote signature data, QE certification data) and Intel TDX
+DCAP Quoting Library API, Appendix A (quote v4: TD quote body and certification data type 6 "QE
+Report Certification Data"; quote v5: quote body descriptor, TD report 1.0 / 1.5 bodies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import dcap_qvl
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from blindinfer.attestation.claims import Claims
+from blindinfer.errors import CollateralError, ConfigError, EvidenceError, PolicyError
+
+# What cryptography raises on malformed certificates and CRLs.
+_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+
+COLLATERAL_KEY = "dcap"
+ROOT_PEM = "intel_sgx_root_ca.pem"
+# SHA-256 of the Intel SGX Root CA certificate (DER), 44:A0:19:6B:...:74:D3.
+ROOT_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+
+# Quote header (48 bytes): version u16, attestation key type u16, TEE type u32 (reserved, 0, in
+# v3), QE SVN u16, PCE SVN u16, QE vendor id 16 bytes, user data 20 bytes. All little-endian.
+HEADER = struct.Struct("<HHIHH16s20s")
+ECDSA_P256 = 2
+TEE_SGX = 0x00000000
+TEE_TDX = 0x00000081
+# Body types of the v5 quote body descriptor, and the body size each implies.
+BODY_SGX, BODY_TD10, BODY_TD15 = 1, 2, 3
+BODY_SIZES = {BODY_SGX: 384, BODY_TD10: 584, BODY_TD15: 648}
+# Certification data types: 5 = PCK certificate chain (PEM), 6 = QE report certification data.
+CERT_PCK_CHAIN = 5
+CERT_QE_REPORT = 6
+SIG_LEN = KEY_LEN = 64
+QE_REPORT_LEN = 384
+
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
+DEFAULT_TCB_STATUS = ("UpToDate",)
+
+COLLATERAL_HINT = (
+    "fetch fresh collateral (the server serves it beside the quote; "
+    "`blindinfer verify --collateral FILE`)"
+)
+
+
+# --- quote layout ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuoteLayout:
+    """The parts of a DCAP quote, located by a strict parse (sizes must add up exactly)."""
+
+    version: int
+    att_key_type: int
+    tee_type: int
+    qe_svn: int
+    pce_svn: int
+    body_type: int
+    body: bytes
+    pck_chain: tuple[x509.Certificate, ...]
+
+
+class _Reader:
+    """Bounds-checked little-endian reader over one quote region."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def take(self, n: int, field: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise EvidenceError(f"{self.what}: truncated at {field} (offset {self.pos})")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u16(self, field: str) -> int:
+        return int.from_bytes(self.take(2, field), "little")
+
+    def u32(self, field: str) -> int:
+        return int.from_bytes(self.take(4, field), "little")
+
+    def sized(self, field: str, width: int) -> bytes:
+        size = self.u16(field) if width == 2 else self.u32(field)
+        return self.take(size, field)
+
+    def finish(self) -> None:
+        if self.pos != len(self.data):
+            raise EvidenceError(
+                f"{self.what}: {len(self.data) - self.pos} unexpected byte(s) after offset "
+                f"{self.pos} (a size field does not match the data)"
+            )
+
+
+def header_fields(data: bytes) -> tuple[int, int, int] | None:
+    """(version, attestation key type, TEE type) of a quote header, or None if too short."""
+    if len(data) < HEADER.size:
+        return None
+    version, akt, tee, *_ = HEADER.unpack_from(data)
+    return int(version), int(akt), int(tee)
+
+
+def _body(r: _Reader, version: int, tee_type: int) -> tuple[int, bytes]:
+    """Quote body: implied by version and TEE type (v3/v4) or by the v5 body descriptor."""
+    if version == 5:
+        body_type = r.u16("body type")
+        size = r.u32("body size")
+        if BODY_SIZES.get(body_type) != size:
+            raise EvidenceError(f"quote v5 body type {body_type} with size {size} is not valid")
+    elif version == 3 or tee_type == TEE_SGX:
+        body_type = BODY_SGX
+    else:
+        body_type = BODY_TD10
+    if (body_type == BODY_SGX) != (tee_type == TEE_SGX):
+        raise EvidenceError(f"quote body type {body_type} does not match TEE type {tee_type:#x}")
+    return body_type, r.take(BODY_SIZES[body_type], "body")
+
+
+def _qe_certification(data: bytes) -> bytes:
+    """QE report, its signature and auth data, then the PCK chain; returns the chain bytes."""
+    r = _Reader(data, "quote QE certification data")
+    r.take(QE_REPORT_LEN + SIG_LEN, "QE report and signature")
+    r.sized("QE authentication data", 2)
+    cert_type = r.u16("certification data type")
+    chain = r.sized("certification data", 4)
+    r.finish()
+    if cert_type != CERT_PCK_CHAIN:
+        raise EvidenceError(
+            f"quote certification data type {cert_type} is not supported: the quote must embed "
+            f"the PCK certificate chain (type {CERT_PCK_CHAIN})"
+        )
+    return chain
+
+
+def _signature_data(data: bytes, version: int) -> bytes:
+    """ECDSA 256-bit quote signature data; returns the embedded PCK chain (PEM bytes)."""
+    r = _Reader(data, "quote signature data")
+    r.take(SIG_LEN + KEY_LEN, "ECDSA signature and attestation key")
+    if version == 3:
+        chain = _qe_certification(r.take(len(data) - r.pos, "QE certification data"))
+    else:
+        cert_type = r.u16("certification data type")
+        inner = r.sized("certification data", 4)
+        r.finish()
+        if cert_type != CERT_QE_REPORT:
+            raise EvidenceError(
+                f"quote v{version} certification data type {cert_type} is not supported "
+                f"(expected {CERT_QE_REPORT}, QE report certification data)"
+            )
+        chain = _qe_certification(inner)
+    return chain
+
+
+def _touch(cert: x509.Certificate) -> x509.Certificate:
+    """Force the lazy parse of a certificate's names and validity (ValueError if malformed)."""
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return cert
+
+
+def _pem_chain(raw: bytes) -> tuple[x509.Certificate, ...]:
+    """The PCK chain must be canonical PEM (optionally NUL-terminated): leaf, CA, root."""
+    pem = raw[:-1] if raw.endswith(b"\x00") else raw
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(pem))
+    except _PARSE_ERRORS as exc:
+        raise EvidenceError(f"quote PCK certificate chain is not valid PEM: {exc}") from exc
+    try:  # cryptography parses names and dates lazily: touch them here, once
+        canonical = b"".join(_touch(c).public_bytes(Encoding.PEM) for c in certs)
+    except _PARSE_ERRORS as exc:
+        raise EvidenceError(f"quote PCK certificate chain is malformed: {exc}") from exc
+    if canonical != pem:
+        raise EvidenceError("quote PCK certificate chain is not in canonical PEM form")
+    if len(certs) != 3:
+        raise EvidenceError(f"quote PCK certificate chain has {len(certs)} certificates, not 3")
+    return certs
+
+
+def parse_layout(quote: bytes) -> QuoteLayout:
+    """Strictly parse a DCAP quote (v3, v4 or v5); EvidenceError on any inconsistency."""
+    r = _Reader(quote, "quote")
+    version, akt, tee, qe_svn, pce_svn, _vendor, _user = HEADER.unpack(r.take(HEADER.size, "hdr"))
+    if version not in (3, 4, 5):
+        raise EvidenceError(f"unsupported DCAP quote version {version} (expected 3, 4 or 5)")
+    if akt != ECDSA_P256:
+        raise EvidenceError(f"unsupported attestation key type {akt} (expected 2, ECDSA P-256)")
+    if tee not in (TEE_SGX, TEE_TDX):
+        raise EvidenceError(f"unknown TEE type {tee:#x} in the quote header")
+    body_type, body = _body(r, version, tee)
+    chain = _pem_chain(_signature_data(r.sized("signature data", 4), version))
+    padding = quote[r.pos :]
+    if padding.strip(b"\x00"):
+        raise EvidenceError(f"quote has {len(padding)} non-zero byte(s) after its signature data")
+    return QuoteLayout(version, akt, tee, qe_svn, pce_svn, body_type, body, chain)
+
+
+# --- trust anchor and collateral ---------------------------------------------------------------
+
+
+@cache
+def pinned_root_der() -> bytes:
+    """The Intel SGX Root CA shipped in ``attestation/roots`` (DER), checked by fingerprint."""
+    pem = resources.files("blindinfer.attestation").joinpath("roots", ROOT_PEM).read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+    if hashlib.sha256(der).hexdigest() != ROOT_SHA256:
+        raise EvidenceError(f"the pinned Intel root {ROOT_PEM} does not have the expected hash")
+    return der
+
+
+def _root_der(roots: Sequence[bytes] | None) -> bytes:
+    if roots is None:
+        return pinned_root_der()
+    if not roots:
+        raise EvidenceError("an empty list of trusted roots was given; no quote can verify")
+    return bytes(roots[0])
+
+
+def load_collateral(collateral: Mapping[str, bytes], kind: str) -> Any:
+    """dcap-qvl QuoteCollateralV3 from ``collateral["dcap"]`` (JSON bytes)."""
+    raw = collateral.get(COLLATERAL_KEY)
+    if raw is None:
+        raise CollateralError(
+            f"DCAP collateral is needed to verify {kind} evidence (TCB info, QE identity, CRLs): "
+            f"the server serves it beside the quote; pass it with "
+            f"`blindinfer verify --collateral FILE`"
+        )
+    try:
+        text = bytes(raw).decode("utf-8")
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not a JSON object")
+        return dcap_qvl.QuoteCollateralV3.from_json(text)
+    except Exception as exc:
+        raise CollateralError(
+            f"DCAP collateral is not valid QuoteCollateralV3 JSON: {exc}"
+        ) from exc
+
+
+def check_chain(
+    certs: Sequence[x509.Certificate], root: bytes, what: str, error: type[Exception]
+) -> None:
+    """Each certificate must be signed by the next, and the last must be the trusted root.
+
+    dcap-qvl anchors on the root it is given and skips a root embedded in a chain; checking the
+    whole chain here makes every byte of it count (and names the failing part).
+    """
+    if not certs or certs[-1].public_bytes(Encoding.DER) != root:
+        raise error(f"{what} does not end in the trusted root CA")
+    for child, parent in itertools.pairwise(certs):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (*_PARSE_ERRORS, InvalidSignature) as exc:
+            name = child.subject.rfc4514_string()
+            raise error(f"{what}: certificate {name!r} is not signed by its issuer") from exc
+
+
+def _collateral_chain(coll: Any, key: str) -> list[x509.Certificate]:
+    try:
+        return [
+            _touch(c) for c in x509.load_pem_x509_certificates(str(getattr(coll, key)).encode())
+        ]
+    except _PARSE_ERRORS as exc:
+        raise CollateralError(f"DCAP collateral {key} is not a valid PEM chain: {exc}") from exc
+
+
+def check_collateral_chains(coll: Any, layout: QuoteLayout, root: bytes) -> None:
+    """Issuer chains of TCB info and QE identity end in the root; the PCK CRL's issuer chain is
+    the quote's PCK chain above the leaf (the CA that issued the PCK certificate, then the root).
+    """
+    for key in ("tcb_info_issuer_chain", "qe_identity_issuer_chain"):
+        check_chain(_collateral_chain(coll, key), root, f"DCAP collateral {key}", CollateralError)
+    crl_chain = [
+        c.public_bytes(Encoding.DER) for c in _collateral_chain(coll, "pck_crl_issuer_chain")
+    ]
+    if crl_chain != [c.public_bytes(Encoding.DER) for c in layout.pck_chain[1:]]:
+        raise CollateralError(
+            "DCAP collateral pck_crl_issuer_chain is not the chain of the CA that issued this "
+            "quote's PCK certificate (collateral for another platform, or altered)"
+        )
+
+
+# Validity windows: (item, start, end). Each getter reads one item of the collateral.
+Window = tuple[str, datetime | None, datetime | None]
+
+
+def _iso(value: Any) -> datetime | None:
+    try:
+        out = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return out if out.tzinfo else out.replace(tzinfo=UTC)
+
+
+def _json_window(name: str, text: Any) -> list[Window]:
+    try:
+        doc = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    return [(name, _iso(doc.get("issueDate")), _iso(doc.get("nextUpdate")))]
+
+
+def _crl_window(name: str, der: Any) -> list[Window]:
+    try:
+        crl = x509.load_der_x509_crl(bytes(der))
+    except _PARSE_ERRORS:
+        return []
+    return [(name, crl.last_update_utc, crl.next_update_utc)]
+
+
+def _cert_windows(name: str, certs: Sequence[x509.Certificate]) -> list[Window]:
+    return [
+        (
+            f"{name} certificate {c.subject.rfc4514_string()!r}",
+            c.not_valid_before_utc,
+            c.not_valid_after_utc,
+        )
+        for c in certs
+    ]
+
+
+def _chain_windows(name: str, pem: Any) -> list[Window]:
+    try:
+        certs = [_touch(c) for c in x509.load_pem_x509_certificates(str(pem).encode())]
+    except _PARSE_ERRORS:
+        return []  # dcap-qvl refuses the chain itself
+    return _cert_windows(name, certs)
+
+
+def collateral_windows(coll: Any, layout: QuoteLayout) -> list[Window]:
+    """Every dated item verification depends on, with its validity window."""
+    return [
+        *_json_window("tcb_info", coll.tcb_info),
+        *_json_window("qe_identity", coll.qe_identity),
+        *_crl_window("root_ca_crl", coll.root_ca_crl),
+        *_crl_window("pck_crl", coll.pck_crl),
+        *_chain_windows("tcb_info_issuer_chain", coll.tcb_info_issuer_chain),
+        *_chain_windows("qe_identity_issuer_chain", coll.qe_identity_issuer_chain),
+        *_chain_windows("pck_crl_issuer_chain", coll.pck_crl_issuer_chain),
+        *_cert_windows("quote PCK chain", layout.pck_chain),
+    ]
+
+
+def _stale(windows: Sequence[Window], at: datetime) -> list[str]:
+    out = []
+    for name, start, end in windows:
+        if start is not None and at < start:
+            out.append(f"{name} is not valid before {start.isoformat()}")
+        if end is not None and at > end:
+            out.append(f"{name} expired at {end.isoformat()}")
+    return out
+
+
+def check_windows(windows: Sequence[Window], at: datetime) -> None:
+    """CollateralError naming every item that is not valid at ``at``."""
+    stale = _stale(windows, at)
+    if stale:
+        raise CollateralError(
+            f"DCAP collateral is not valid at {at.isoformat()}: {'; '.join(stale)}; "
+            f"{COLLATERAL_HINT}"
+        )
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DcapResult:
+    """A verified quote: its layout plus dcap-qvl's verdict."""
+
+    layout: QuoteLayout
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    platform_tcb_status: str | None
+    qe_tcb_status: str | None
+    fmspc: str | None
+
+
+_TIME_WORDS = ("expired", "in the future", "not valid after", "not valid before", "NotValidYet")
+_COLLATERAL_WORDS = (
+    "tcb_info", "tcbinfo", "tcb info", "qe_identity", "qeidentity", "qe identity", "collateral",
+    "crl", "revocation", "fmspc mismatch", "root ca",
+)  # fmt: skip
+
+
+def _clean(exc: BaseException) -> str:
+    text = str(exc).removeprefix("Verification failed: ")
+    return re.sub(r"\s*\n\s*(Caused by:)?\s*", " ", text).strip()
+
+
+def _classify(exc: BaseException, kind: str, windows: Sequence[Window], at: datetime) -> Exception:
+    """Map a dcap-qvl failure to the error type it means."""
+    msg = _clean(exc)
+    low = msg.lower()
+    if any(w.lower() in low for w in _TIME_WORDS):
+        stale = _stale(windows, at) or ["an item's validity window"]
+        return CollateralError(
+            f"DCAP collateral is not valid at {at.isoformat()} ({msg}): {'; '.join(stale)}; "
+            f"{COLLATERAL_HINT}"
+        )
+    if "no matching tcb level" in low:
+        return EvidenceError(
+            f"{kind} quote refused: no matching TCB level ({msg}): the platform's TCB is below "
+            f"every level in Intel's TCB info, so Intel no longer vouches for it; update the "
+            f"platform's microcode/firmware"
+        )
+    if any(w in low for w in _COLLATERAL_WORDS):
+        return CollateralError(f"DCAP collateral refused for this {kind} quote: {msg}")
+    return EvidenceError(f"{kind} quote verification failed: {msg}")
+
+
+def _fmspc(quote: bytes) -> str | None:
+    try:
+        return str(dcap_qvl.parse_quote(quote).fmspc()).lower()
+    except Exception:
+        return None
+
+
+def _status(report: Mapping[str, Any], key: str) -> str | None:
+    value = report.get(key)
+    return str(value["status"]) if isinstance(value, dict) and "status" in value else None
+
+
+def _run_dcap(quote: bytes, coll: Any, root: bytes, ts: int) -> Any:
+    # dcap-qvl is Rust: a panic would surface as pyo3's PanicException (a BaseException), so
+    # everything but interpreter exits is caught by the caller through this narrow wrapper.
+    try:
+        return dcap_qvl.verify_with_root_ca(quote, coll, root, ts)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        raise _DcapFailure(exc) from exc
+
+
+class _DcapFailure(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def verify_quote(
+    quote: bytes,
+    collateral: Mapping[str, bytes],
+    *,
+    kind: str,
+    tee_type: int,
+    versions: tuple[int, ...],
+    at: datetime,
+    roots: Sequence[bytes] | None,
+) -> DcapResult:
+    """Verify a DCAP quote of one kind at time ``at``; AttestationError subclasses only."""
+    if at.tzinfo is None:
+        raise ValueError("verification time must be timezone-aware")
+    layout = parse_layout(bytes(quote))
+    if layout.tee_type != tee_type or layout.version not in versions:
+        other = "tdx" if layout.tee_type == TEE_TDX else "sgx"
+        raise EvidenceError(
+            f"this is a quote v{layout.version} with TEE type {layout.tee_type:#x} ({other} "
+            f"evidence), not {kind} evidence (quote version {'/'.join(map(str, versions))})"
+        )
+    root = _root_der(roots)
+    check_chain(layout.pck_chain, root, f"the {kind} quote's PCK certificate chain", EvidenceError)
+    coll = load_collateral(collateral, kind)
+    check_collateral_chains(coll, layout, root)
+    windows = collateral_windows(coll, layout)
+    check_windows(windows, at)
+    ts = int(at.timestamp())
+    try:
+        report = _run_dcap(bytes(quote), coll, root, ts)
+        doc = json.loads(report.to_json())
+        status, advisories = str(report.status), tuple(str(a) for a in report.advisory_ids)
+    except _DcapFailure as failure:
+        raise _classify(failure.cause, kind, windows, at) from failure.cause
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise EvidenceError(f"unexpected dcap-qvl result for a {kind} quote: {exc}") from exc
+    if status not in TCB_STATUSES or status == "Revoked":
+        raise EvidenceError(f"{kind} quote has TCB status {status!r}; it cannot be trusted")
+    return DcapResult(
+        layout=layout,
+        tcb_status=status,
+        advisory_ids=advisories,
+        platform_tcb_status=_status(doc, "platform_status"),
+        qe_tcb_status=_status(doc, "qe_status"),
+        fmspc=_fmspc(bytes(quote)),
+    )
+
+
+# --- shared policy helpers ---------------------------------------------------------------------
+
+
+def str_list(table: Mapping[str, Any], key: str, default: Sequence[str]) -> list[str]:
+    raw = table.get(key, list(default))
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+        raise ConfigError(f"policy: {key} must be a list of strings")
+    return list(raw)
+
+
+def tcb_status_list(table: Mapping[str, Any]) -> list[str]:
+    out = str_list(table, "allowed_tcb_status", DEFAULT_TCB_STATUS)
+    unknown = [s for s in out if s not in TCB_STATUSES]
+    if unknown:
+        raise ConfigError(
+            f"policy: unknown TCB status(es) {unknown} in allowed_tcb_status; Intel's names "
+            f"are {list(TCB_STATUSES)}"
+        )
+    return out
+
+
+def opt_bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
+    raw = table.get(key, default)
+    if not isinstance(raw, bool):
+        raise ConfigError(f"policy: {key} must be true or false")
+    return raw
+
+
+def opt_int(table: Mapping[str, Any], key: str, bits: int) -> int | None:
+    """An unsigned integer of ``bits`` bits, given as an int or a hex string ("0x1f" / "1f")."""
+    raw = table.get(key)
+    if raw is None:
+        return None
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str):
+        try:
+            value = int(raw, 16)
+        except ValueError:
+            value = None
+    if value is None or not 0 <= value < (1 << bits):
+        raise ConfigError(f"policy: {key} must be an integer of {bits} bits (or hex), got {raw!r}")
+    return value
+
+
+def opt_hex(table: Mapping[str, Any], key: str, nbytes: int) -> str | None:
+    raw = table.get(key)
+    if raw is None:
+        return None
+    try:
+        ok = isinstance(raw, str) and len(bytes.fromhex(raw)) == nbytes
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"policy: {key} must be {nbytes} bytes of hex, got {raw!r}")
+    return str(raw).lower()
+
+
+def masked_pair(table: Mapping[str, Any], key: str, nbytes: int) -> tuple[str | None, str | None]:
+    """``key`` and ``key_mask`` (hex); the mask defaults to all ones when only ``key`` is set."""
+    value = opt_hex(table, key, nbytes)
+    mask = opt_hex(table, f"{key}_mask", nbytes)
+    if mask is not None and value is None:
+        raise ConfigError(f"policy: {key}_mask is set but {key} is not")
+    if value is not None and mask is None:
+        mask = "ff" * nbytes
+    return value, mask
+
+
+def check_masked_hex(name: str, expected: str | None, mask: str | None, actual: str) -> None:
+    """(actual & mask) must equal (expected & mask), byte by byte."""
+    if expected is None or mask is None:
+        return
+    m, e, a = bytes.fromhex(mask), bytes.fromhex(expected), bytes.fromhex(actual)
+    if len(a) != len(m) or any((x & k) != (y & k) for x, y, k in zip(a, e, m, strict=False)):
+        raise PolicyError(
+            f"policy mismatch on {name}: expected {expected} under mask {mask}, evidence has "
+            f"{actual}"
+        )
+
+
+def check_masked_int(name: str, expected: int | None, mask: int | None, actual: int) -> None:
+    if expected is None:
+        return
+    m = 0xFFFFFFFF if mask is None else mask
+    if (actual & m) != (expected & m):
+        raise PolicyError(
+            f"policy mismatch on {name}: expected {expected:#010x} under mask {m:#010x}, "
+            f"evidence has {actual:#010x}"
+        )
+
+
+def check_debug(kind: str, allow_debug: bool, debug: bool) -> None:
+    if debug and not allow_debug:
+        raise PolicyError(
+            f"policy mismatch on {kind}.debug: expected false (allow_debug = false), evidence "
+            f"has true: a debug {kind} TEE lets the host read its memory"
+        )
+
+
+def check_tcb(
+    kind: str, allowed_status: Sequence[str], allowed_adv: Sequence[str], claims: Claims
+) -> None:
+    """TCB status must be allowed; every advisory id in the evidence must be allowed."""
+    status = claims.tcb_status
+    advisories = tuple(claims.advisory_ids)
+    if status not in allowed_status:
+        want = allowed_status[0] if len(allowed_status) == 1 else f"one of {list(allowed_status)}"
+        raise PolicyError(
+            f"policy mismatch on {kind}.tcb_status: expected {want}, evidence has {status} "
+            f"(advisories: {', '.join(advisories) or 'none'}); to accept it, add it to "
+            f"allowed_tcb_status and its advisories to allowed_advisories"
+        )
+    extra = [a for a in advisories if a not in allowed_adv]
+    if extra:
+        raise PolicyError(
+            f"policy mismatch on {kind}.advisory_ids: allowed {list(allowed_adv)}, evidence has "
+            f"{list(advisories)} ({', '.join(extra)} not allowed)"
+        )
