@@ -178,9 +178,11 @@ class ModelRegistry:
         name: str | None = None,
         replace: bool = False,
         restricted: bool = False,
+        persist: bool = True,
     ) -> ModelInfo:
         """Validate, seal and load a model. With ``replace``, a model of that name is swapped
-        atomically (the old one stays served until the new one is stored)."""
+        atomically (the old one stays served until the new one is stored). ``persist=False``
+        keeps it in memory only (the built-in demo model)."""
         if len(data) > self.options.max_model_size:
             raise PayloadTooLarge(
                 f"the model is {len(data)} bytes, over the server limit of "
@@ -203,7 +205,7 @@ class ModelRegistry:
                     f"the server already holds {len(self._models)} models, its limit "
                     "(setting max_models); delete one first"
                 )
-            if self.store is not None:
+            if self.store is not None and persist:
                 meta = {"name": loaded.info.name, "created": created, "restricted": restricted}
                 self.store.put(model_id, meta, data)
             models = dict(self._models)

@@ -42,7 +42,10 @@ class ServerState:
         if nonce is not None:
             return self.backend.get_evidence(report_data_for(self.tls.certificate_der, nonce))
         with self._lock:
-            if self._evidence is None or time.monotonic() - self._evidence_time > EVIDENCE_MAX_AGE_S:
+            if (
+                self._evidence is None
+                or time.monotonic() - self._evidence_time > EVIDENCE_MAX_AGE_S
+            ):
                 self._evidence = self.backend.get_evidence(
                     report_data_for(self.tls.certificate_der)
                 )

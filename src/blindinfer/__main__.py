@@ -1,0 +1,3 @@
+from blindinfer.cli import main
+
+main()

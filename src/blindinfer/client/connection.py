@@ -1,0 +1,334 @@
+"""The SDK: connect() verifies the server's attestation, then talks only to that certificate."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import numpy as np
+
+from blindinfer.attestation import Claims, Evidence, Policy, verify_evidence
+from blindinfer.attestation.binding import check_binding
+from blindinfer.attestation.simulation import KindPolicy as SimulationPolicy
+from blindinfer.client.tensors import to_named_arrays
+from blindinfer.client.tls import evidence_context, pinned_context
+from blindinfer.errors import (
+    BindingError,
+    BlindInferError,
+    EvidenceError,
+    PolicyError,
+    ServerError,
+    error_for_status,
+)
+from blindinfer.wire import oip
+
+TOKEN_ENV = "BLINDINFER_OWNER_TOKEN"
+DEFAULT_PORT = 8443
+UPLOAD_CHUNK = 1 << 20
+
+
+class InsecureSimulationWarning(UserWarning):
+    """Emitted whenever a client accepts simulation evidence: there is NO hardware protection."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server says about a model (never its bytes)."""
+
+    model_id: str
+    name: str
+    sha256: str
+    size: int
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    restricted: bool = False
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> ModelInfo:
+        return cls(
+            model_id=doc["model_id"],
+            name=doc["name"],
+            sha256=doc["sha256"],
+            size=doc["size"],
+            inputs=list(doc["inputs"]),
+            outputs=list(doc["outputs"]),
+            restricted=bool(doc.get("restricted", False)),
+        )
+
+
+def _base_url(url: str) -> str:
+    if "://" not in url:
+        url = "https://" + url
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise BlindInferError(f"blindinfer speaks HTTPS only, got {url!r}")
+    if not parts.hostname:
+        raise BlindInferError(f"no host in {url!r}")
+    port = parts.port or DEFAULT_PORT
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}:{port}"
+
+
+def _resolve_policy(policy: Policy | str | Path | Mapping[str, Any] | None, sim: bool) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str | Path):
+        return Policy.load(policy)
+    if isinstance(policy, Mapping):
+        return Policy.from_mapping(policy)
+    # No policy: only a simulation server can be accepted (with the explicit opt-in).
+    return Policy({"simulation": SimulationPolicy()} if sim else {})
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        message = str(response.json()["error"])
+    except Exception:
+        message = response.text[:500] or response.reason_phrase
+    raise error_for_status(response.status_code, message)
+
+
+def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[Evidence, bytes]:
+    """Evidence from the attestation endpoint and the certificate the TLS handshake showed."""
+    params = {"nonce": nonce.hex()} if nonce is not None else None
+    try:
+        with (
+            httpx.Client(verify=evidence_context(), timeout=timeout, trust_env=False) as client,
+            client.stream("GET", f"{base_url}/blindinfer/v1/attestation", params=params) as resp,
+        ):
+            ssl_object = resp.extensions["network_stream"].get_extra_info("ssl_object")
+            peer = ssl_object.getpeercert(True) if ssl_object is not None else None
+            resp.read()
+    except httpx.HTTPError as exc:
+        raise BlindInferError(f"cannot reach {base_url}: {exc}") from exc
+    _raise_for(resp)
+    if not peer:
+        raise BindingError("the attestation response did not come over TLS")
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise EvidenceError("the attestation endpoint did not return JSON") from None
+    return Evidence.from_json(doc), peer
+
+
+def attest(
+    url: str,
+    policy: Policy | str | Path | Mapping[str, Any] | None = None,
+    *,
+    simulation_mode: bool = False,
+    timeout: float = 30.0,
+    at: datetime | None = None,
+    judge_policy: bool = True,
+) -> tuple[Claims, bytes]:
+    """Fetch fresh evidence, verify it (authenticity, binding to the TLS certificate this very
+    handshake showed, freshness nonce, policy) and return the claims and that certificate.
+
+    ``judge_policy=False`` skips only the policy (used to write a policy from a server)."""
+    base = _base_url(url)
+    nonce = secrets.token_bytes(32)
+    evidence, cert = fetch_evidence(base, nonce, timeout)
+    if evidence.kind == "simulation" and not simulation_mode:
+        raise PolicyError(
+            f"{base} runs the SIMULATION TEE: its evidence is signed by a software key and gives "
+            "no hardware protection. Refusing to send data. For development only, pass "
+            "simulation_mode=True (CLI: --simulation)"
+        )
+    when = at or datetime.now(UTC)
+    claims = verify_evidence(
+        evidence,
+        at=when,
+        policy=_resolve_policy(policy, simulation_mode) if judge_policy else None,
+        certificate_der=cert,
+    )
+    check_binding(claims, cert, nonce)
+    if claims.insecure:
+        warnings.warn(
+            f"connected to {base} in SIMULATION mode: there is NO hardware protection, the "
+            "operator of that machine can read your inputs and outputs",
+            InsecureSimulationWarning,
+            stacklevel=3,
+        )
+    return claims, cert
+
+
+class Connection:
+    """An attested connection. Every TLS handshake it makes must present the attested certificate.
+
+    Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        claims: Claims,
+        certificate_der: bytes,
+        token: str | None,
+        timeout: float,
+    ) -> None:
+        self.url = base_url
+        self.claims = claims
+        self.certificate_der = certificate_der
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url,
+            verify=pinned_context(certificate_der),
+            headers=headers,
+            timeout=timeout,
+            trust_env=False,
+        )
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__context__, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(
+                exc
+            ):
+                raise BindingError(
+                    f"{self.url} presented a certificate other than the attested one: possible "
+                    "man in the middle; no data was sent"
+                ) from exc
+            raise BlindInferError(f"cannot reach {self.url}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise BlindInferError(f"request to {self.url}{path} failed: {exc}") from exc
+        _raise_for(response)
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- models --------------------------------------------------------------------------------
+
+    def upload_model(
+        self,
+        model: str | Path | bytes,
+        name: str | None = None,
+        *,
+        replace: bool = False,
+        restricted: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ModelInfo:
+        """Stream a model's raw ONNX bytes to the server (owner token needed)."""
+        data = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+        if name is None and not isinstance(model, bytes | bytearray):
+            name = Path(model).stem
+        total = len(data)
+
+        def chunks() -> Iterator[bytes]:
+            view = memoryview(data)
+            for start in range(0, total, UPLOAD_CHUNK):
+                yield bytes(view[start : start + UPLOAD_CHUNK])
+                if progress is not None:
+                    progress(min(start + UPLOAD_CHUNK, total), total)
+
+        params = {"replace": str(replace).lower(), "restricted": str(restricted).lower()}
+        if name:
+            params["name"] = name
+        response = self._request(
+            "POST",
+            "/blindinfer/v1/models",
+            params=params,
+            content=chunks(),
+            headers={"content-length": str(total), "content-type": "application/octet-stream"},
+        )
+        info = ModelInfo.from_json(response.json())
+        self._meta.pop(info.name, None)
+        return info
+
+    def list_models(self) -> list[ModelInfo]:
+        doc = self._request("GET", "/blindinfer/v1/models").json()
+        return [ModelInfo.from_json(m) for m in doc["models"]]
+
+    def model_metadata(self, model: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._request("GET", f"/v2/models/{quote(model, safe='')}").json()
+        return doc
+
+    def delete_model(self, model: str) -> ModelInfo:
+        response = self._request("DELETE", f"/blindinfer/v1/models/{quote(model, safe='')}")
+        for key in [
+            k for k, v in self._meta.items() if v["model_id"] == response.json()["model_id"]
+        ]:
+            del self._meta[key]
+        return ModelInfo.from_json(response.json())
+
+    def _inputs_of(self, model: str) -> list[dict[str, Any]]:
+        meta = self._meta.get(model)
+        if meta is None:
+            meta = self._meta[model] = self.model_metadata(model)
+        return list(meta["inputs"])
+
+    def run_model(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        dtype: Any = None,
+        shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` (id, name or sha256) and return its outputs by name.
+
+        ``inputs``: a numpy array or torch tensor; a list of them in the model's input order; a
+        dict name -> array; or flat/nested lists with ``dtype`` and ``shape`` (per input when
+        the model has several). Tensors travel as raw bytes (OIP binary extension)."""
+        arrays = to_named_arrays(inputs, self._inputs_of(model), dtype, shape)
+        chunks, header_len = oip.encode_infer_request(arrays, outputs)
+        body = b"".join(chunks)
+        response = self._request(
+            "POST",
+            f"/v2/models/{quote(model, safe='')}/infer",
+            content=body,
+            headers={
+                oip.HEADER_LENGTH: str(header_len),
+                "content-type": oip.BINARY_CONTENT_TYPE,
+            },
+        )
+        raw_len = response.headers.get(oip.HEADER_LENGTH)
+        return oip.parse_infer_response(response.content, int(raw_len) if raw_len else None)
+
+
+def connect(
+    url: str,
+    policy: Policy | str | Path | Mapping[str, Any] | None = None,
+    *,
+    simulation_mode: bool = False,
+    token: str | None = None,
+    timeout: float = 60.0,
+) -> Connection:
+    """Verify the server at ``url`` against ``policy`` and return an attested Connection.
+
+    ``policy``: a Policy, a path to a TOML policy file, or a mapping of its tables. Simulation
+    evidence is refused unless ``simulation_mode=True``. The owner token (for uploads and
+    deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable."""
+    base = _base_url(url)
+    claims, cert = attest(base, policy, simulation_mode=simulation_mode, timeout=timeout)
+    return Connection(base, claims, cert, token or os.environ.get(TOKEN_ENV), timeout)
+
+
+__all__ = [
+    "Connection",
+    "InsecureSimulationWarning",
+    "ModelInfo",
+    "ServerError",
+    "attest",
+    "connect",
+]

@@ -1,0 +1,246 @@
+"""The native API: Open Inference Protocol v2 REST surface, attestation and model management.
+
+Routes (one HTTPS port, TLS terminated inside the TEE):
+- GET  /v2/health/live, /v2/health/ready, /v2                      OIP server health / metadata
+- GET  /v2/models/{ref}, /v2/models/{ref}/ready                     OIP model metadata / ready
+- POST /v2/models/{ref}/infer                   OIP inference, JSON or binary tensor extension
+- GET  /blindinfer/v1/attestation[?nonce=HEX]   evidence binding this TLS certificate
+- GET  /blindinfer/v1/models                    list models (no bytes, ever)
+- POST /blindinfer/v1/models?name=&replace=&restricted=   streaming raw ONNX upload (owner)
+- DELETE /blindinfer/v1/models/{ref}            delete (owner)
+
+``ref`` is a model id, name or sha256. Errors are ``{"error": message}`` with a 4xx status that
+names the problem; nothing about inputs or outputs is ever logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blindinfer import __version__
+from blindinfer.errors import InvalidInput, PayloadTooLarge, ServerError, Unauthorized
+from blindinfer.server.state import ServerState
+from blindinfer.wire import oip
+
+log = logging.getLogger("blindinfer.server")
+
+NONCE_MAX = 64
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(doc, separators=(",", ":")).encode(), status, media_type="application/json"
+    )
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_owner(state: ServerState, request: Request) -> None:
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized(
+            "this operation needs the model owner's token: send 'Authorization: Bearer TOKEN' "
+            "(SDK: connect(..., token=...) or BLINDINFER_OWNER_TOKEN)",
+            401,
+        )
+    if not state.is_owner(token):
+        raise Unauthorized("the owner token is wrong", 403)
+
+
+def require_runner(state: ServerState, request: Request, restricted: bool) -> None:
+    run_token = state.settings.run_token
+    if run_token is None and not restricted:
+        return
+    token = _bearer(request)
+    if token is not None and (state.is_owner(token) or token == run_token):
+        return
+    what = "this model is restricted by its owner" if restricted else "this server needs a token"
+    raise Unauthorized(f"{what}: send 'Authorization: Bearer TOKEN'", 401 if token is None else 403)
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytearray:
+    """Read a body into one preallocated buffer, refusing it as soon as it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InvalidInput("Content-Length is not a number") from None
+        if size > limit:
+            raise PayloadTooLarge(f"the {what} is {size} bytes, over the server limit of {limit}")
+        buf = bytearray(size)
+        pos = 0
+        async for chunk in request.stream():
+            end = pos + len(chunk)
+            if end > size:
+                raise InvalidInput("the body is longer than its Content-Length")
+            buf[pos:end] = chunk
+            pos = end
+        if pos != size:
+            raise InvalidInput(f"the body ended after {pos} of {size} bytes")
+        return buf
+    parts = bytearray()
+    async for chunk in request.stream():
+        parts += chunk
+        if len(parts) > limit:
+            raise PayloadTooLarge(f"the {what} is over the server limit of {limit} bytes")
+    return parts
+
+
+def build_app(state: ServerState) -> Starlette:
+    registry = state.registry
+    settings = state.settings
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return _json({"ready": True})
+
+    async def server_metadata(request: Request) -> Response:
+        return _json(
+            {
+                "name": "blindinfer",
+                "version": __version__,
+                "extensions": ["binary_tensor_data", "attestation", "model_management"],
+                "tee": state.backend.name,
+                "insecure": state.backend.insecure,
+            }
+        )
+
+    async def model_metadata(request: Request) -> Response:
+        model = registry.resolve(request.path_params["ref"])
+        info = model.info
+        return _json(
+            {
+                "name": info.name,
+                "versions": ["1"],
+                "platform": "onnxruntime_onnx",
+                "inputs": [t.to_json() for t in info.signature.inputs],
+                "outputs": [t.to_json() for t in info.signature.outputs],
+                "model_id": info.model_id,
+                "sha256": info.sha256,
+                "size": info.size,
+                "restricted": info.restricted,
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        model = registry.resolve(request.path_params["ref"])
+        return _json({"name": model.info.name, "ready": True})
+
+    async def infer(request: Request) -> Response:
+        model = registry.resolve(request.path_params["ref"])
+        require_runner(state, request, model.info.restricted)
+        body = await read_body(request, settings.max_request_size, "inference request")
+        raw_len = request.headers.get(oip.HEADER_LENGTH)
+        try:
+            header_len = int(raw_len) if raw_len is not None else None
+        except ValueError:
+            raise InvalidInput(f"{oip.HEADER_LENGTH} is not a number") from None
+        req = oip.parse_infer_request(body, header_len)
+        outputs = await state.run_blocking(registry.run, model, req.inputs, req.outputs)
+        chunks, out_len = oip.encode_infer_response(
+            model.info.name, outputs, req.binary_outputs, req.request_id
+        )
+        if out_len is None:
+            return Response(chunks[0], media_type="application/json")
+        headers = {oip.HEADER_LENGTH: str(out_len)}
+        return Response(b"".join(chunks), headers=headers, media_type=oip.BINARY_CONTENT_TYPE)
+
+    async def attestation(request: Request) -> Response:
+        nonce_hex = request.query_params.get("nonce")
+        nonce = None
+        if nonce_hex is not None:
+            try:
+                nonce = bytes.fromhex(nonce_hex)
+            except ValueError:
+                raise InvalidInput("nonce must be hex") from None
+            if not 8 <= len(nonce) <= NONCE_MAX:
+                raise InvalidInput(f"nonce must be 8 to {NONCE_MAX} bytes")
+        evidence = await state.run_blocking(state.evidence, nonce)
+        doc = evidence.to_json()
+        doc["certificate"] = base64.b64encode(state.tls.certificate_der).decode()
+        doc["tee"] = state.backend.name
+        return _json(doc)
+
+    async def list_models(request: Request) -> Response:
+        return _json({"models": [i.to_json() for i in registry.list()]})
+
+    async def upload(request: Request) -> Response:
+        require_owner(state, request)
+        params = request.query_params
+        name = params.get("name") or None
+        flags = {
+            k: params.get(k, "false").lower() in ("1", "true", "yes")
+            for k in ("replace", "restricted")
+        }
+        data = bytes(await read_body(request, settings.max_model_size, "model"))
+        info = await state.run_blocking(
+            lambda: registry.add(
+                data, name=name, replace=flags["replace"], restricted=flags["restricted"]
+            )
+        )
+        log.info("model %s uploaded (%d bytes, id %s)", info.name, info.size, info.model_id)
+        return _json(info.to_json(), 201)
+
+    async def delete(request: Request) -> Response:
+        require_owner(state, request)
+        info = await state.run_blocking(registry.delete, request.path_params["ref"])
+        log.info("model %s deleted (id %s)", info.name, info.model_id)
+        return _json(info.to_json())
+
+    async def on_server_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServerError)
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return Response(
+            json.dumps({"error": exc.message}).encode(),
+            exc.status,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _json(
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Only the exception type: its text could quote inputs.
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+        return _json({"error": "internal server error"}, 500)
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route("/v2/models/{ref}", model_metadata),
+        Route("/v2/models/{ref}/ready", model_ready),
+        Route("/v2/models/{ref}/infer", infer, methods=["POST"]),
+        Route("/blindinfer/v1/attestation", attestation),
+        Route("/blindinfer/v1/models", list_models, methods=["GET"]),
+        Route("/blindinfer/v1/models", upload, methods=["POST"]),
+        Route("/blindinfer/v1/models/{ref}", delete, methods=["DELETE"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ServerError: on_server_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )

@@ -1,0 +1,192 @@
+"""Start-up and the serving loop: backend, TLS identity, store, registry, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import uvicorn
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from blindinfer.engine.demo import DEMO_NAME, demo_model_bytes
+from blindinfer.engine.registry import EngineOptions, ModelRegistry
+from blindinfer.errors import ConfigError
+from blindinfer.server.app import build_app
+from blindinfer.server.config import Settings
+from blindinfer.server.state import Listener, ServerState
+from blindinfer.server.tls import generate_identity
+from blindinfer.storage.sealed import SealedStore
+from blindinfer.tee import create_backend
+
+log = logging.getLogger("blindinfer.server")
+
+OWNER_TOKEN_FILE = "owner-token.sealed"
+
+
+def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, str | None]:
+    """sha256 of the owner token, and the token itself when it was generated just now.
+
+    A generated token is kept only as a sealed hash (AES-GCM under the TEE sealing key): the
+    operator can neither read it nor swap in a hash of their own.
+    """
+    if settings.owner_token:
+        return hashlib.sha256(settings.owner_token.encode()).digest(), None
+    path = settings.data_dir / OWNER_TOKEN_FILE
+    aead = AESGCM(sealing_key)
+    aad = b"blindinfer-owner-token-v1"
+    if path.exists():
+        blob = path.read_bytes()
+        try:
+            return aead.decrypt(blob[:12], blob[12:], aad), None
+        except (InvalidTag, ValueError):
+            raise ConfigError(
+                f"{path} cannot be unsealed (other TEE identity or tampered); remove it to "
+                "generate a new owner token, or pass --owner-token"
+            ) from None
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).digest()
+    nonce = os.urandom(12)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(nonce + aead.encrypt(nonce, digest, aad))
+    return digest, token
+
+
+def build_state(settings: Settings) -> tuple[ServerState, str | None]:
+    """Everything but the sockets. Returns the state and a freshly generated owner token."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    backend = create_backend(settings.tee, data_dir, **settings.tee_options)
+    sealing_key = backend.sealing_key()
+    tls = generate_identity(settings.hostnames)
+    registry = ModelRegistry(
+        SealedStore(data_dir / "models", sealing_key),
+        EngineOptions(
+            max_models=settings.max_models,
+            max_model_size=settings.max_model_size,
+            intra_op_threads=settings.intra_op_threads,
+        ),
+    )
+
+    def progress(done: int, total: int, model_id: str) -> None:
+        if total:
+            log.info("loading stored models: %d/%d", done, total)
+
+    failed = registry.load_stored(progress)
+    if failed:
+        log.warning("%d stored model(s) could not be loaded and were left on disk", len(failed))
+    if settings.demo_model and not any(i.name == DEMO_NAME for i in registry.list()):
+        registry.add(demo_model_bytes(), name=DEMO_NAME, persist=False)
+    digest, new_token = _owner_token_digest(settings, sealing_key)
+    executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
+    state = ServerState(settings, backend, registry, tls, digest, executor)
+    state.evidence()  # fail at start-up, not on the first client, if the TEE cannot attest
+    return state, new_token
+
+
+def listeners(state: ServerState) -> list[Listener]:
+    s = state.settings
+    out = [Listener("native", build_app(state), s.host, s.port, state.tls.server_context())]
+    if s.blindai_compat:
+        from blindinfer.server.compat import build_compat_listeners
+
+        out.extend(build_compat_listeners(state))
+    return out
+
+
+def _uvicorn_server(listener: Listener, log_level: str) -> uvicorn.Server:
+    config = uvicorn.Config(
+        listener.app,  # type: ignore[arg-type]
+        host=listener.host,
+        port=listener.port,
+        log_level=log_level,
+        access_log=False,  # paths and timing only would be safe, but keep the hot path lean
+        server_header=False,
+        date_header=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    config.load()
+    # Set after load(): uvicorn only knows key *files*, and our key must never touch a disk.
+    config.ssl = listener.ssl  # type: ignore[assignment]
+    return uvicorn.Server(config)
+
+
+def banner(state: ServerState, token: str | None) -> str:
+    s = state.settings
+    url = f"https://{s.host}:{s.port}"
+    lines = [f"blindinfer ready on {url} (TEE backend: {state.backend.name})"]
+    if state.backend.insecure:
+        lines.append(
+            "WARNING: simulation TEE: INSECURE, no hardware protection; clients must opt in "
+            "with simulation_mode=True"
+        )
+    lines.append(f"models: {', '.join(i.name for i in state.registry.list()) or 'none'}")
+    if s.blindai_compat:
+        u, a, m = s.blindai_ports
+        lines.append(
+            f"BlindAI 0.6 ports: unattested {s.blindai_host}:{u}, run {s.blindai_host}:{a}, "
+            f"management {s.blindai_management_host}:{m}"
+        )
+    if token is not None:
+        lines.append(
+            f"model owner token (shown once, keep it secret): {token}\n"
+            f"  export BLINDINFER_OWNER_TOKEN={token}"
+        )
+    lines.append(f"try: blindinfer run {url} demo --simulation --input '[[5.1, 3.5, 1.4, 0.2]]'")
+    return "\n".join(lines)
+
+
+async def _serve(state: ServerState, token: str | None) -> None:
+    servers = [_uvicorn_server(lst, state.settings.log_level) for lst in listeners(state)]
+    tasks = [asyncio.create_task(srv.serve()) for srv in servers]
+    while not all(srv.started for srv in servers):
+        if any(t.done() for t in tasks):
+            for srv in servers:
+                srv.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise SystemExit("a listener failed to start (port in use?); see the log above")
+        await asyncio.sleep(0.02)
+    print(banner(state, token), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for srv in servers:
+        srv.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    state, token = build_state(settings)
+    try:
+        _run(_serve(state, token))
+    finally:
+        state.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
