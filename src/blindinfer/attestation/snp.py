@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
@@ -266,6 +266,39 @@ def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
         )
 
 
+def _der_header(buf: bytes, off: int) -> tuple[int, int]:
+    """(header length, content length) of the DER TLV at ``off`` (X.690 section 8.1)."""
+    first = buf[off + 1]
+    if first < 0x80:
+        return 2, first
+    n = first & 0x7F
+    if not 1 <= n <= 4:
+        raise EvidenceError("malformed DER length in certificate")
+    return 2 + n, int.from_bytes(buf[off + 2 : off + 2 + n], "big")
+
+
+def _tlv(buf: bytes, off: int) -> bytes:
+    hlen, clen = _der_header(buf, off)
+    return buf[off : off + hlen + clen]
+
+
+def _check_signature_algorithm_fields(cert: x509.Certificate, role: str) -> None:
+    """The unsigned outer signatureAlgorithm must equal the signed TBS ``signature`` field
+    (RFC 5280 section 4.1.1.2), so no byte of a certificate escapes the signature check."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    tbs = cert.tbs_certificate_bytes
+    outer_off = _der_header(der, 0)[0] + len(tbs)
+    off = _der_header(tbs, 0)[0]
+    if tbs[off] == 0xA0:  # [0] EXPLICIT version
+        off += len(_tlv(tbs, off))
+    off += len(_tlv(tbs, off))  # serialNumber
+    if _tlv(tbs, off) != _tlv(der, outer_off):
+        raise EvidenceError(
+            f"SEV-SNP {role} certificate {_cn(cert)!r}: signatureAlgorithm differs from the "
+            f"signed TBSCertificate signature field"
+        )
+
+
 def _check_pss_signed(cert: x509.Certificate, issuer: x509.Certificate, role: str) -> None:
     """Name chaining and an RSASSA-PSS SHA-384 (salt 48) signature by ``issuer``."""
     if cert.issuer != issuer.subject:
@@ -273,6 +306,7 @@ def _check_pss_signed(cert: x509.Certificate, issuer: x509.Certificate, role: st
             f"SEV-SNP {role} certificate {_cn(cert)!r} is issued by "
             f"{cert.issuer.rfc4514_string()!r}, not by {issuer.subject.rfc4514_string()!r}"
         )
+    _check_signature_algorithm_fields(cert, role)
     key = issuer.public_key()
     if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS or not isinstance(
         key, rsa.RSAPublicKey
