@@ -102,12 +102,13 @@ def parse_cose_sign1(data: bytes) -> CoseSign1:
         if doc.tag != COSE_SIGN1_TAG:
             raise EvidenceError(f"Nitro attestation document has CBOR tag {doc.tag}, not 18")
         doc = doc.value
-    if not (isinstance(doc, list) and len(doc) == 4):
+    # cbor2 decodes arrays inside a tag as tuples and maps as frozendicts.
+    if not (isinstance(doc, list | tuple) and len(doc) == 4):
         raise EvidenceError("Nitro attestation document is not a COSE_Sign1 array of 4 items")
     protected, unprotected, payload, signature = doc
     if not (
         isinstance(protected, bytes)
-        and isinstance(unprotected, dict)
+        and isinstance(unprotected, Mapping)
         and isinstance(payload, bytes)
         and isinstance(signature, bytes)
     ):
@@ -123,7 +124,7 @@ def _check_protected_header(protected: bytes) -> None:
         header = _cbor_loads_exact(protected)
     except Exception as exc:
         raise EvidenceError(f"Nitro COSE protected header is not valid CBOR: {exc}") from exc
-    if not isinstance(header, dict) or header.get(HEADER_ALG) != ALG_ES384:
+    if not isinstance(header, Mapping) or header.get(HEADER_ALG) != ALG_ES384:
         raise EvidenceError(
             f"Nitro COSE protected header must be {{1: -35}} (ES384), got {header!r}"
         )
@@ -136,10 +137,10 @@ def detect(data: bytes) -> bool:
         doc = cbor2.loads(data)
         if isinstance(doc, cbor2.CBORTag) and doc.tag == COSE_SIGN1_TAG:
             doc = doc.value
-        if not (isinstance(doc, list) and len(doc) == 4 and isinstance(doc[0], bytes)):
+        if not (isinstance(doc, list | tuple) and len(doc) == 4 and isinstance(doc[0], bytes)):
             return False
         header = cbor2.loads(doc[0])
-        return isinstance(header, dict) and header.get(HEADER_ALG) == ALG_ES384
+        return isinstance(header, Mapping) and header.get(HEADER_ALG) == ALG_ES384
     except Exception:
         return False
 
@@ -172,7 +173,7 @@ def _optional_bytes(payload: Mapping[str, Any], name: str) -> bytes | None:
 
 
 def _pcrs(raw: Any) -> dict[int, bytes]:
-    if not isinstance(raw, dict) or not 1 <= len(raw) <= 32:
+    if not isinstance(raw, Mapping) or not 1 <= len(raw) <= 32:
         raise EvidenceError("Nitro document field 'pcrs' must be a map of 1 to 32 entries")
     out: dict[int, bytes] = {}
     for index, value in raw.items():
@@ -188,7 +189,7 @@ def _pcrs(raw: Any) -> dict[int, bytes]:
 
 
 def _cert_list(raw: Any) -> list[bytes]:
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list | tuple) or not raw:
         raise EvidenceError("Nitro document field 'cabundle' must be a non-empty list")
     for der in raw:
         if not isinstance(der, bytes) or not 1 <= len(der) <= MAX_CERT_BYTES:
@@ -201,7 +202,7 @@ def parse_payload(payload: bytes) -> Document:
         doc = _cbor_loads_exact(payload)
     except Exception as exc:
         raise EvidenceError(f"Nitro document payload is not valid CBOR: {exc}") from exc
-    if not isinstance(doc, dict):
+    if not isinstance(doc, Mapping):
         raise EvidenceError("Nitro document payload is not a CBOR map")
     module_id, digest, timestamp = doc.get("module_id"), doc.get("digest"), doc.get("timestamp")
     certificate = doc.get("certificate")
