@@ -490,11 +490,16 @@ def verify_quote(
     if at.tzinfo is None:
         raise ValueError("verification time must be timezone-aware")
     layout = parse_layout(bytes(quote))
-    if layout.tee_type != tee_type or layout.version not in versions:
+    if layout.tee_type != tee_type:
         other = "tdx" if layout.tee_type == TEE_TDX else "sgx"
         raise EvidenceError(
-            f"this is a quote v{layout.version} with TEE type {layout.tee_type:#x} ({other} "
-            f"evidence), not {kind} evidence (quote version {'/'.join(map(str, versions))})"
+            f"this quote has TEE type {layout.tee_type:#x}: it is {other} evidence, not {kind} "
+            f"evidence; verify it as kind {other}"
+        )
+    if layout.version not in versions:
+        raise EvidenceError(
+            f"{kind} evidence must be a DCAP quote version {' or '.join(map(str, versions))}; "
+            f"this one is version {layout.version}"
         )
     root = _root_der(roots)
     check_chain(layout.pck_chain, root, f"the {kind} quote's PCK certificate chain", EvidenceError)

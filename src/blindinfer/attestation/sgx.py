@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from blindinfer.attestation import _dcap
 from blindinfer.attestation.claims import Claims
 from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
-from blindinfer.errors import PolicyError
+from blindinfer.errors import ConfigError, PolicyError
 
 KIND = "sgx"
 QUOTE_VERSION = 3
@@ -133,6 +133,10 @@ class KindPolicy:
     def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
         reject_unknown_keys(KIND, table, _KEYS)
         attributes, attributes_mask = _dcap.masked_pair(table, "attributes", 16)
+        misc_select = _dcap.opt_int(table, "misc_select", 32)
+        misc_select_mask = _dcap.opt_int(table, "misc_select_mask", 32)
+        if misc_select_mask is not None and misc_select is None:
+            raise ConfigError("policy: misc_select_mask is set but misc_select is not")
         return cls(
             mrenclave=hex_list(table, "mrenclave", 32),
             mrsigner=hex_list(table, "mrsigner", 32),
@@ -141,8 +145,8 @@ class KindPolicy:
             allow_debug=_dcap.opt_bool(table, "allow_debug", False),
             attributes=attributes,
             attributes_mask=attributes_mask,
-            misc_select=_dcap.opt_int(table, "misc_select", 32),
-            misc_select_mask=_dcap.opt_int(table, "misc_select_mask", 32),
+            misc_select=misc_select,
+            misc_select_mask=misc_select_mask,
             allowed_tcb_status=_dcap.tcb_status_list(table),
             allowed_advisories=_dcap.str_list(table, "allowed_advisories", ()),
         )
