@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
@@ -50,10 +51,10 @@ def document_user_data(document: bytes) -> bytes | None:
         msg = cbor2.loads(document)
         if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:  # COSE_Sign1 tag, RFC 9052 4.2
             msg = msg.value
-        if not isinstance(msg, list) or len(msg) != 4 or not isinstance(msg[2], bytes):
+        if not isinstance(msg, list | tuple) or len(msg) != 4 or not isinstance(msg[2], bytes):
             raise ValueError("not a COSE_Sign1 array")
         payload = cbor2.loads(msg[2])
-        if not isinstance(payload, dict):
+        if not isinstance(payload, Mapping):
             raise ValueError("payload is not a map")
     except (ValueError, cbor2.CBORDecodeError) as exc:
         raise BackendUnavailable(
