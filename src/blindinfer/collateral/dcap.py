@@ -33,14 +33,21 @@ DcapFetcher = Callable[[str, bytes], bytes]
 T = TypeVar("T")
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, also when called from inside a running event loop."""
+def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``make()`` to completion in a fresh event loop, also from inside a running one.
+
+    The coroutine is created inside the loop: dcap-qvl's futures need a running loop at creation.
+    """
+
+    async def main() -> T:
+        return await make()
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(main())
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(asyncio.run, main()).result()
 
 
 def dcap_qvl_fetcher(pccs_url: str, quote: bytes) -> bytes:
@@ -48,7 +55,7 @@ def dcap_qvl_fetcher(pccs_url: str, quote: bytes) -> bytes:
     import dcap_qvl
 
     try:
-        collateral = _run(dcap_qvl.get_collateral(pccs_url, quote))
+        collateral = _run(lambda: dcap_qvl.get_collateral(pccs_url, quote))
         return str(collateral.to_json()).encode()
     except CollateralError:
         raise
