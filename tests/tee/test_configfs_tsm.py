@@ -291,3 +291,11 @@ def test_sealing_key_from_env_file(
         "tdx", tdx_emulation(tmp_path / "r2", tdx_quote), sealing_key_file=tmp_path / "hex"
     )
     assert option.sealing_key() == key
+
+
+def test_string_options_from_the_command_line(tmp_path: Path, snp_report: bytes) -> None:
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    b = create_backend(
+        "sev-snp", tmp_path / "d", tsm_root=str(fs.root), fs=fs, privlevel="1", retries="2"
+    )
+    assert snp_report_data(b.get_evidence(RD).evidence) == RD

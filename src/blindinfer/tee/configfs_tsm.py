@@ -332,6 +332,12 @@ def create(name: str, data_dir: Path, **options: Any) -> ConfigfsTsmBackend:
     if name not in _FLAVOURS:
         raise BackendUnavailable(f"configfs-tsm serves tdx or sev-snp, not {name!r}")
     provider_from_options(_FLAVOURS[name][0], data_dir, options)
+    # values from ``--tee-option KEY=VALUE`` arrive as strings
+    if "tsm_root" in options:
+        options["tsm_root"] = Path(options["tsm_root"])
+    for key in ("privlevel", "retries"):
+        if options.get(key) is not None:
+            options[key] = int(options[key])
     backend = ConfigfsTsmBackend(name, **options)
     backend.probe()
     return backend

@@ -121,6 +121,8 @@ def create(name: str, data_dir: Path, **options: Any) -> GramineSgxBackend:
     CollateralProvider; default: DCAP collateral from ``pccs_url`` (default Intel PCS), cached
     under ``<data-dir>/collateral/``)."""
     provider_from_options("sgx", data_dir, options)
+    if "attestation_root" in options:  # a string when given as --tee-option
+        options["attestation_root"] = Path(options["attestation_root"])
     backend = GramineSgxBackend(**options)
     backend.probe()
     return backend

@@ -134,6 +134,8 @@ def create(name: str, data_dir: Path, **options: Any) -> NitroBackend:
     """``--tee nitro``. Options: ``nsm`` (an object with aws_nsm_interface's functions),
     ``device`` (Path, checked at start-up), ``sealing_key_file``."""
     nsm = options.pop("nsm", None) or _import_nsm()
+    if "device" in options:  # a string when given as --tee-option
+        options["device"] = Path(options["device"])
     backend = NitroBackend(nsm, **options)
     backend.probe()
     return backend
