@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR, EXIT_ATTESTATION, EXIT_SERVER, EXIT_UNREACHABLE = 1, 3, 4, 5
 

@@ -32,8 +32,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def test_proxy_relaying_real_evidence_is_refused_at_connect(server: ServerProcess) -> None:
     with mitm(server.port, "terminate") as proxy:
         # The proxy really does relay the real server's evidence...
-        evidence, cert = fetch_evidence(proxy.url, None, 10)
-        assert evidence.kind == "simulation"
+        evidence, proxy_cert = fetch_evidence(proxy.url, None, 10)
+        _, server_cert = fetch_evidence(server.url, None, 10)
+        assert evidence.kind == "simulation" and proxy_cert != server_cert
         # ...but the certificate the client sees is the proxy's, which the evidence does not bind.
         with pytest.raises(blindinfer.BindingError, match="not the one the simulation evidence"):
             blindinfer.connect(proxy.url, simulation_mode=True, token=server.owner_token)

@@ -175,8 +175,8 @@ def test_malformed_requests_get_400_and_server_keeps_serving(
 
 
 def test_binary_extension_errors(server: ServerProcess, conn: blindinfer.Connection) -> None:
-    header = json.dumps({"inputs": [{"name": "features", "shape": [1, 4], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 16}}]}).encode()  # fmt: skip
+    spec = {"name": "features", "shape": [1, 4], "datatype": "FP32"}
+    header = json.dumps({"inputs": [{**spec, "parameters": {"binary_data_size": 16}}]}).encode()
     with _raw(server, conn) as http:
         short = http.post(
             "/v2/models/demo/infer",

@@ -1,0 +1,39 @@
+# blindinfer developer entry points. Two commands do all the set-up on a fresh machine:
+#   make serve   install, then start the server on its embedded default (simulation TEE, demo model)
+#   make test    install everything, then ruff, mypy and the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml scripts/blindai-venv.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	bash scripts/blindai-venv.sh .cache/blindai-venv $(PYTHON) >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install
+	$(BIN)/blindinfer serve $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python -m bench.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cache build dist src/*.egg-info

@@ -1,0 +1,51 @@
+"""The sealed store: encrypted at rest, bound to the key and to the model id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from blindinfer.storage.sealed import SealedStore, StoreError
+
+MODEL = b"\x08\x07ONNX-MODEL-BYTES" * 100
+
+
+def test_round_trip_and_ciphertext_at_rest(tmp_path: Path) -> None:
+    store = SealedStore(tmp_path, os.urandom(32))
+    mid = "12345678-1234-1234-1234-123456789abc"
+    store.put(mid, {"name": "m"}, MODEL)
+    raw = (tmp_path / f"{mid}.sealed").read_bytes()
+    assert MODEL[:16] not in raw and b'"name"' not in raw
+    got = store.get(mid)
+    assert got.data == MODEL and got.meta == {"name": "m"}
+    assert list(store.ids()) == [mid]
+    store.delete(mid)
+    assert list(store.ids()) == []
+
+
+def test_wrong_key_tamper_and_swap_are_refused(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    store = SealedStore(tmp_path, key)
+    a, b = "aaaaaaaa-1234-1234-1234-123456789abc", "bbbbbbbb-1234-1234-1234-123456789abc"
+    store.put(a, {"name": "a"}, MODEL)
+    store.put(b, {"name": "b"}, MODEL + b"x")
+    with pytest.raises(StoreError, match="cannot unseal"):
+        SealedStore(tmp_path, os.urandom(32)).get(a)
+    path = tmp_path / f"{a}.sealed"
+    blob = bytearray(path.read_bytes())
+    blob[40] ^= 1
+    path.write_bytes(bytes(blob))
+    with pytest.raises(StoreError):
+        store.get(a)
+    # an operator swapping files: b's ciphertext under a's name
+    path.write_bytes((tmp_path / f"{b}.sealed").read_bytes())
+    with pytest.raises(StoreError):
+        store.get(a)
+
+
+def test_ids_are_validated(tmp_path: Path) -> None:
+    store = SealedStore(tmp_path, os.urandom(32))
+    with pytest.raises(ValueError):
+        store.put("../../etc/passwd", {}, b"")
