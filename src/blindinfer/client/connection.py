@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-import ssl
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-import httpx
 import numpy as np
 
 from blindinfer.attestation import Claims, Evidence, Policy, verify_evidence
@@ -21,6 +20,7 @@ from blindinfer.attestation.binding import check_binding
 from blindinfer.attestation.simulation import KindPolicy as SimulationPolicy
 from blindinfer.client.tensors import to_named_arrays
 from blindinfer.client.tls import evidence_context, pinned_context
+from blindinfer.client.transport import Reply, Transport
 from blindinfer.errors import (
     BindingError,
     BlindInferError,
@@ -89,37 +89,32 @@ def _resolve_policy(policy: Policy | str | Path | Mapping[str, Any] | None, sim:
     return Policy({"simulation": SimulationPolicy()} if sim else {})
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code < 400:
+def _raise_for(reply: Reply) -> None:
+    if reply.status < 400:
         return
     try:
-        message = str(response.json()["error"])
-    except Exception:
-        message = response.text[:500] or response.reason_phrase
-    raise error_for_status(response.status_code, message)
+        message = str(json.loads(reply.body)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = reply.body[:500].decode(errors="replace") or f"HTTP {reply.status}"
+    raise error_for_status(reply.status, message)
 
 
 def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[Evidence, bytes]:
     """Evidence from the attestation endpoint and the certificate the TLS handshake showed."""
-    params = {"nonce": nonce.hex()} if nonce is not None else None
+    path = "/blindinfer/v1/attestation" + (f"?nonce={nonce.hex()}" if nonce is not None else "")
+    transport = Transport(base_url, evidence_context(), timeout)
     try:
-        with (
-            httpx.Client(verify=evidence_context(), timeout=timeout, trust_env=False) as client,
-            client.stream("GET", f"{base_url}/blindinfer/v1/attestation", params=params) as resp,
-        ):
-            ssl_object = resp.extensions["network_stream"].get_extra_info("ssl_object")
-            peer = ssl_object.getpeercert(True) if ssl_object is not None else None
-            resp.read()
-    except httpx.HTTPError as exc:
-        raise BlindInferError(f"cannot reach {base_url}: {exc}") from exc
-    _raise_for(resp)
-    if not peer:
+        reply = transport.request("GET", path, peer_certificate=True)
+    finally:
+        transport.close()
+    _raise_for(reply)
+    if not reply.peer_certificate:
         raise BindingError("the attestation response did not come over TLS")
     try:
-        doc = resp.json()
+        doc = json.loads(reply.body)
     except ValueError:
         raise EvidenceError("the attestation endpoint did not return JSON") from None
-    return Evidence.from_json(doc), peer
+    return Evidence.from_json(doc), reply.peer_certificate
 
 
 def attest(
@@ -130,11 +125,14 @@ def attest(
     timeout: float = 30.0,
     at: datetime | None = None,
     judge_policy: bool = True,
+    trust_roots: Mapping[str, Sequence[bytes]] | None = None,
 ) -> tuple[Claims, bytes]:
     """Fetch fresh evidence, verify it (authenticity, binding to the TLS certificate this very
     handshake showed, freshness nonce, policy) and return the claims and that certificate.
 
-    ``judge_policy=False`` skips only the policy (used to write a policy from a server)."""
+    ``judge_policy=False`` skips only the policy (used to write a policy from a server).
+    ``trust_roots`` maps a kind to DER roots that replace the vendor roots pinned in the
+    package (private PKIs and tests only)."""
     base = _base_url(url)
     nonce = secrets.token_bytes(32)
     evidence, cert = fetch_evidence(base, nonce, timeout)
@@ -150,6 +148,7 @@ def attest(
         at=when,
         policy=_resolve_policy(policy, simulation_mode) if judge_policy else None,
         certificate_der=cert,
+        roots=(trust_roots or {}).get(evidence.kind),
     )
     check_binding(claims, cert, nonce)
     if claims.insecure:
@@ -178,37 +177,28 @@ class Connection:
         self.url = base_url
         self.claims = claims
         self.certificate_der = certificate_der
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(
-            base_url=base_url,
-            verify=pinned_context(certificate_der),
-            headers=headers,
-            timeout=timeout,
-            trust_env=False,
-        )
+        self._auth = {"authorization": f"Bearer {token}"} if token else {}
+        self._transport = Transport(base_url, pinned_context(certificate_der), timeout)
         self._meta: dict[str, dict[str, Any]] = {}
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            if isinstance(exc.__context__, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(
-                exc
-            ):
-                raise BindingError(
-                    f"{self.url} presented a certificate other than the attested one: possible "
-                    "man in the middle; no data was sent"
-                ) from exc
-            raise BlindInferError(f"cannot reach {self.url}: {exc}") from exc
-        except httpx.HTTPError as exc:
-            raise BlindInferError(f"request to {self.url}{path} failed: {exc}") from exc
-        _raise_for(response)
-        return response
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        reply = self._transport.request(method, path, body, {**self._auth, **(headers or {})})
+        _raise_for(reply)
+        return reply
+
+    def _json(self, method: str, path: str) -> Any:
+        return json.loads(self._request(method, path).body)
 
     def close(self) -> None:
-        self._http.close()
+        self._transport.close()
 
     def __enter__(self) -> Connection:
         return self
@@ -233,42 +223,44 @@ class Connection:
             name = Path(model).stem
         total = len(data)
 
-        def chunks() -> Iterator[bytes]:
-            view = memoryview(data)
-            for start in range(0, total, UPLOAD_CHUNK):
-                yield bytes(view[start : start + UPLOAD_CHUNK])
-                if progress is not None:
-                    progress(min(start + UPLOAD_CHUNK, total), total)
+        class Chunks:
+            """Re-iterable, so a retry on a fresh connection can send the model again."""
+
+            def __iter__(self) -> Iterator[bytes]:
+                view = memoryview(data)
+                for start in range(0, total, UPLOAD_CHUNK):
+                    yield bytes(view[start : start + UPLOAD_CHUNK])
+                    if progress is not None:
+                        progress(min(start + UPLOAD_CHUNK, total), total)
 
         params = {"replace": str(replace).lower(), "restricted": str(restricted).lower()}
         if name:
             params["name"] = name
-        response = self._request(
+        reply = self._request(
             "POST",
-            "/blindinfer/v1/models",
-            params=params,
-            content=chunks(),
-            headers={"content-length": str(total), "content-type": "application/octet-stream"},
+            f"/blindinfer/v1/models?{urlencode(params)}",
+            Chunks(),
+            {"content-length": str(total), "content-type": "application/octet-stream"},
         )
-        info = ModelInfo.from_json(response.json())
+        info = ModelInfo.from_json(json.loads(reply.body))
         self._meta.pop(info.name, None)
         return info
 
     def list_models(self) -> list[ModelInfo]:
-        doc = self._request("GET", "/blindinfer/v1/models").json()
+        doc = self._json("GET", "/blindinfer/v1/models")
         return [ModelInfo.from_json(m) for m in doc["models"]]
 
     def model_metadata(self, model: str) -> dict[str, Any]:
-        doc: dict[str, Any] = self._request("GET", f"/v2/models/{quote(model, safe='')}").json()
+        doc: dict[str, Any] = self._json("GET", f"/v2/models/{quote(model, safe='')}")
         return doc
 
     def delete_model(self, model: str) -> ModelInfo:
-        response = self._request("DELETE", f"/blindinfer/v1/models/{quote(model, safe='')}")
-        for key in [
-            k for k, v in self._meta.items() if v["model_id"] == response.json()["model_id"]
-        ]:
+        info = ModelInfo.from_json(
+            self._json("DELETE", f"/blindinfer/v1/models/{quote(model, safe='')}")
+        )
+        for key in [k for k, v in self._meta.items() if v["model_id"] == info.model_id]:
             del self._meta[key]
-        return ModelInfo.from_json(response.json())
+        return info
 
     def _inputs_of(self, model: str) -> list[dict[str, Any]]:
         meta = self._meta.get(model)
@@ -293,17 +285,14 @@ class Connection:
         arrays = to_named_arrays(inputs, self._inputs_of(model), dtype, shape)
         chunks, header_len = oip.encode_infer_request(arrays, outputs)
         body = b"".join(chunks)
-        response = self._request(
+        reply = self._request(
             "POST",
             f"/v2/models/{quote(model, safe='')}/infer",
-            content=body,
-            headers={
-                oip.HEADER_LENGTH: str(header_len),
-                "content-type": oip.BINARY_CONTENT_TYPE,
-            },
+            body,
+            {oip.HEADER_LENGTH: str(header_len), "content-type": oip.BINARY_CONTENT_TYPE},
         )
-        raw_len = response.headers.get(oip.HEADER_LENGTH)
-        return oip.parse_infer_response(response.content, int(raw_len) if raw_len else None)
+        raw_len = reply.headers.get(oip.HEADER_LENGTH)
+        return oip.parse_infer_response(reply.body, int(raw_len) if raw_len else None)
 
 
 def connect(
@@ -313,6 +302,7 @@ def connect(
     simulation_mode: bool = False,
     token: str | None = None,
     timeout: float = 60.0,
+    trust_roots: Mapping[str, Sequence[bytes]] | None = None,
 ) -> Connection:
     """Verify the server at ``url`` against ``policy`` and return an attested Connection.
 
@@ -320,7 +310,9 @@ def connect(
     evidence is refused unless ``simulation_mode=True``. The owner token (for uploads and
     deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable."""
     base = _base_url(url)
-    claims, cert = attest(base, policy, simulation_mode=simulation_mode, timeout=timeout)
+    claims, cert = attest(
+        base, policy, simulation_mode=simulation_mode, timeout=timeout, trust_roots=trust_roots
+    )
     return Connection(base, claims, cert, token or os.environ.get(TOKEN_ENV), timeout)
 
 
