@@ -25,15 +25,20 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blindinfer import __version__
 from blindinfer.errors import InvalidInput, PayloadTooLarge, ServerError, Unauthorized
+from blindinfer.server.infer import InferEndpoint, infer_ref
 from blindinfer.server.state import ServerState
-from blindinfer.wire import oip
 
 log = logging.getLogger("blindinfer.server")
 
 NONCE_MAX = 64
+
+
+async def _post_only(request: Request) -> Response:
+    return _json({"error": "inference takes POST"}, 405)
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -58,17 +63,6 @@ def require_owner(state: ServerState, request: Request) -> None:
         )
     if not state.is_owner(token):
         raise Unauthorized("the owner token is wrong", 403)
-
-
-def require_runner(state: ServerState, request: Request, restricted: bool) -> None:
-    run_token = state.settings.run_token
-    if run_token is None and not restricted:
-        return
-    token = _bearer(request)
-    if token is not None and (state.is_owner(token) or token == run_token):
-        return
-    what = "this model is restricted by its owner" if restricted else "this server needs a token"
-    raise Unauthorized(f"{what}: send 'Authorization: Bearer TOKEN'", 401 if token is None else 403)
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytearray:
@@ -100,7 +94,23 @@ async def read_body(request: Request, limit: int, what: str) -> bytearray:
     return parts
 
 
-def build_app(state: ServerState) -> Starlette:
+def build_app(state: ServerState) -> ASGIApp:
+    """The native API: the inference hot path as a raw endpoint, the rest on Starlette."""
+    rest = _build_starlette(state)
+    infer = InferEndpoint(state)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            ref = infer_ref(scope)
+            if ref is not None:
+                await infer(scope, receive, send, ref)
+                return
+        await rest(scope, receive, send)
+
+    return app
+
+
+def _build_starlette(state: ServerState) -> Starlette:
     registry = state.registry
     settings = state.settings
 
@@ -141,25 +151,6 @@ def build_app(state: ServerState) -> Starlette:
     async def model_ready(request: Request) -> Response:
         model = registry.resolve(request.path_params["ref"])
         return _json({"name": model.info.name, "ready": True})
-
-    async def infer(request: Request) -> Response:
-        model = registry.resolve(request.path_params["ref"])
-        require_runner(state, request, model.info.restricted)
-        body = await read_body(request, settings.max_request_size, "inference request")
-        raw_len = request.headers.get(oip.HEADER_LENGTH)
-        try:
-            header_len = int(raw_len) if raw_len is not None else None
-        except ValueError:
-            raise InvalidInput(f"{oip.HEADER_LENGTH} is not a number") from None
-        req = oip.parse_infer_request(body, header_len)
-        outputs = await state.run_blocking(registry.run, model, req.inputs, req.outputs)
-        chunks, out_len = oip.encode_infer_response(
-            model.info.name, outputs, req.binary_outputs, req.request_id
-        )
-        if out_len is None:
-            return Response(chunks[0], media_type="application/json")
-        headers = {oip.HEADER_LENGTH: str(out_len)}
-        return Response(b"".join(chunks), headers=headers, media_type=oip.BINARY_CONTENT_TYPE)
 
     async def attestation(request: Request) -> Response:
         nonce_hex = request.query_params.get("nonce")
@@ -230,12 +221,13 @@ def build_app(state: ServerState) -> Starlette:
         Route("/v2", server_metadata),
         Route("/v2/models/{ref}", model_metadata),
         Route("/v2/models/{ref}/ready", model_ready),
-        Route("/v2/models/{ref}/infer", infer, methods=["POST"]),
         Route("/blindinfer/v1/attestation", attestation),
         Route("/blindinfer/v1/models", list_models, methods=["GET"]),
         Route("/blindinfer/v1/models", upload, methods=["POST"]),
         Route("/blindinfer/v1/models/{ref}", delete, methods=["DELETE"]),
     ]
+    # POST .../infer is served by InferEndpoint; this route only answers other methods.
+    routes.append(Route("/v2/models/{ref}/infer", _post_only, methods=["GET", "PUT", "DELETE"]))
     return Starlette(
         routes=routes,
         exception_handlers={
