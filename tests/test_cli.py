@@ -125,3 +125,58 @@ def _other_cert() -> bytes:
 def test_bad_config_is_a_usage_error(tmp_path: Path) -> None:
     result = cli("serve", "--tee", "quantum", "--data-dir", str(tmp_path))
     assert result.returncode == 2 and "unknown TEE backend" in result.stderr
+
+
+# --- offline verification of the real vectors (../shared/vectors) -------------------------------
+
+
+def test_verify_sgx_vector_inside_and_outside_its_window(vectors: Path, tmp_path: Path) -> None:
+    quote, coll = vectors / "sgx" / "sgx_quote", vectors / "sgx" / "sgx_quote_collateral.json"
+    base = ["verify", "--evidence", str(quote), "--collateral", str(coll), "--json"]
+    inside = cli(*base, "--at", "2025-07-01T00:00:00Z")
+    assert inside.returncode == 0, inside.stderr
+    claims = json.loads(inside.stdout)["claims"]
+    assert claims["kind"] == "sgx"  # detected from the bytes
+    assert claims["measurements"]["mrenclave"] == (
+        "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+    )
+    assert claims["tcb_status"] == "ConfigurationAndSWHardeningNeeded"  # reported, not judged
+    today = cli(*base)
+    assert today.returncode == 3 and "expired" in today.stderr
+    policy = tmp_path / "p.toml"
+    policy.write_text('[sgx]\nmrenclave = "' + "00" * 32 + '"\n')
+    judged = cli(*base, "--at", "2025-07-01T00:00:00Z", "--policy", str(policy))
+    assert judged.returncode == 3 and "sgx.mrenclave" in judged.stderr
+    made = cli("policy", "--evidence", str(quote), "--collateral", str(coll),
+               "--at", "2025-07-01T00:00:00Z", "-o", str(policy))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert cli(*base, "--at", "2025-07-01T00:00:00Z", "--policy", str(policy)).returncode == 0
+
+
+def test_verify_nitro_base64_document_with_its_certificate(vectors: Path) -> None:
+    doc = vectors / "nitro" / "valid-attestation-doc-base64"
+    cert = vectors / "nitro" / "valid-certificate.der"
+    ok = cli("verify", "--evidence", str(doc), "--cert", str(cert), "--json",
+             "--at", "2023-09-18T15:03:30Z")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["claims"]["kind"] == "nitro" and out["checks"] == ["authenticity", "binding"]
+    assert cli("verify", "--evidence", str(doc)).returncode == 3  # leaf certificate expired
+
+
+def test_verify_snp_report_with_vcek_and_chain(vectors: Path) -> None:
+    snp = vectors / "snp"
+    result = cli("verify", "--evidence", str(snp / "attestation.bin"),
+                 "--collateral", str(snp / "vcek.testcer"),
+                 "--collateral", str(snp / "ask_ark_milan.pem"), "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    claims = json.loads(result.stdout)["claims"]
+    assert claims["kind"] == "snp"
+    assert claims["report_data"].startswith("0102030405000000")
+
+
+def test_verify_garbage_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00\x01garbage" * 20)
+    result = cli("verify", "--evidence", str(junk))
+    assert result.returncode == 3 and "unrecognised evidence" in result.stderr

@@ -9,6 +9,8 @@ import os
 import secrets
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +26,7 @@ from blindinfer.server.config import Settings
 from blindinfer.server.state import Listener, ServerState
 from blindinfer.server.tls import generate_identity
 from blindinfer.storage.sealed import SealedStore
-from blindinfer.tee import create_backend
+from blindinfer.tee import TeeBackend, create_backend
 
 log = logging.getLogger("blindinfer.server")
 
@@ -60,11 +62,16 @@ def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, 
     return digest, token
 
 
-def build_state(settings: Settings) -> tuple[ServerState, str | None]:
-    """Everything but the sockets. Returns the state and a freshly generated owner token."""
+def build_state(
+    settings: Settings, backend: TeeBackend | None = None
+) -> tuple[ServerState, str | None]:
+    """Everything but the sockets. Returns the state and a freshly generated owner token.
+
+    ``backend`` replaces the one ``settings.tee`` names (tests drive emulated devices)."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    backend = create_backend(settings.tee, data_dir, **settings.tee_options)
+    if backend is None:
+        backend = create_backend(settings.tee, data_dir, **settings.tee_options)
     sealing_key = backend.sealing_key()
     tls = generate_identity(settings.hostnames)
     registry = ModelRegistry(
@@ -146,7 +153,10 @@ def banner(state: ServerState, token: str | None) -> str:
     return "\n".join(lines)
 
 
-async def _serve(state: ServerState, token: str | None) -> None:
+async def serve_state(
+    state: ServerState, token: str | None, started: Callable[[], None] | None = None
+) -> None:
+    """Serve every listener until SIGINT/SIGTERM or ``state.stop_event`` is set."""
     servers = [_uvicorn_server(lst, state.settings.log_level) for lst in listeners(state)]
     tasks = [asyncio.create_task(srv.serve()) for srv in servers]
     while not all(srv.started for srv in servers):
@@ -157,11 +167,14 @@ async def _serve(state: ServerState, token: str | None) -> None:
             raise SystemExit("a listener failed to start (port in use?); see the log above")
         await asyncio.sleep(0.02)
     print(banner(state, token), flush=True)
+    if started is not None:
+        started()
 
-    stop = asyncio.Event()
+    stop = state.stop_event = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for srv in servers:
@@ -178,7 +191,7 @@ def serve(settings: Settings) -> None:
     )
     state, token = build_state(settings)
     try:
-        _run(_serve(state, token))
+        _run(serve_state(state, token))
     finally:
         state.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -33,6 +33,7 @@ class ServerState:
     tls: TlsIdentity
     owner_token_sha256: bytes | None
     executor: ThreadPoolExecutor
+    stop_event: asyncio.Event | None = None  # set by the runner; set it to stop serving
     _evidence: Evidence | None = None
     _evidence_time: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -1,0 +1,61 @@
+"""Run the real server in this process (a thread with its own event loop), with an injected
+TEE backend: used where the backend drives an emulated device that lives in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blindinfer.server.config import Settings
+from blindinfer.server.runner import build_state, serve_state
+from blindinfer.server.state import ServerState
+from blindinfer.tee.base import TeeBackend
+from tests._server import OWNER_TOKEN, free_port
+
+
+@dataclass
+class InProcessServer:
+    url: str
+    state: ServerState
+    owner_token: str = OWNER_TOKEN
+
+
+@contextmanager
+def inprocess_server(
+    data_dir: Path, backend: TeeBackend, **settings: Any
+) -> Iterator[InProcessServer]:
+    port = free_port()
+    conf = Settings(
+        data_dir=data_dir, port=port, owner_token=OWNER_TOKEN, log_level="warning", **settings
+    )
+    state, _ = build_state(conf, backend=backend)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve_state(state, None, ready.set))
+        except BaseException as exc:  # surfaced to the test below
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(30)
+    if failure:
+        raise RuntimeError("in-process server failed to start") from failure[0]
+    try:
+        yield InProcessServer(f"https://127.0.0.1:{port}", state)
+    finally:
+        if state.stop_event is not None:
+            loop.call_soon_threadsafe(state.stop_event.set)
+        thread.join(15)
+        state.executor.shutdown(wait=False)
+        loop.close()
