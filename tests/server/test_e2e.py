@@ -266,3 +266,27 @@ def test_models_survive_restart(tmp_path: Path) -> None:
             assert c2.model_metadata("persisted")["model_id"] == info.model_id
             after = c2.run_model(info.sha256, feeds)
     np.testing.assert_array_equal(after["y"], before["y"])
+
+
+def test_run_token_and_restricted_models(tmp_path: Path) -> None:
+    x = np.ones((1, 4), np.float32)
+    with running_server(tmp_path, "--run-token", "run-secret") as srv:
+        with blindinfer.connect(srv.url, simulation_mode=True) as anon:
+            with pytest.raises(blindinfer.Unauthorized) as exc:
+                anon.run_model("demo", x)
+            assert exc.value.status == 401
+        with blindinfer.connect(srv.url, simulation_mode=True, token="run-secret") as user:
+            assert user.run_model("demo", x)["probabilities"].shape == (1, 3)
+            with pytest.raises(blindinfer.Unauthorized):  # a run token is not an owner token
+                user.upload_model(FIXTURES / "mlp.onnx", name="nope")
+
+
+def test_restricted_model_needs_a_token(server: ServerProcess) -> None:
+    feeds = {"x": np.ones((1, 8), np.float32), "scale": np.ones(1, np.float32)}
+    with blindinfer.connect(server.url, simulation_mode=True, token=server.owner_token) as owner:
+        info = owner.upload_model(FIXTURES / "mlp.onnx", name="private", restricted=True)
+        assert owner.run_model("private", feeds)["y"].shape == (1, 3)
+        with blindinfer.connect(server.url, simulation_mode=True) as anon:
+            with pytest.raises(blindinfer.Unauthorized, match="restricted"):
+                anon.run_model("private", feeds)
+        owner.delete_model(info.model_id)

@@ -9,6 +9,7 @@ costs more than the model); the rest run in the worker pool, where onnxruntime r
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -23,6 +24,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("blindinfer.server")
 
 PREFIX = "/v2/models/"
 SUFFIX = "/infer"
@@ -107,6 +110,11 @@ class InferEndpoint:
             headers = [(b"content-type", b"application/json")]
             if exc.status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))
+        except Exception as exc:
+            # Only the type: an exception's text could quote the inputs.
+            log.error("internal error during inference: %s", type(exc).__name__)
+            status, body = 500, b'{"error":"internal server error"}'
+            headers = [(b"content-type", b"application/json")]
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
