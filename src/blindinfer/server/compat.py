@@ -30,14 +30,13 @@ import dataclasses
 import ipaddress
 import json
 import logging
-import os
 import re
-import socket
 import ssl
 import struct
+from asyncio import sslproto
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import cbor2
 import numpy as np
@@ -85,7 +84,6 @@ MAX_SMALL_DEPTH = 8
 MAX_DIMS = 32
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 TLS_HANDSHAKE = 0x16  # TLS record content type "handshake" (RFC 8446 section 5.1)
-SNIFF_TIMEOUT_S = 30.0
 
 
 # --- CBOR: small items (RFC 8949 section 3) ------------------------------------------------------
@@ -879,80 +877,67 @@ def build_compat_apps(state: ServerState) -> tuple[Starlette, Starlette, Starlet
 # --- one port, plain HTTP and HTTPS ---------------------------------------------------------------
 
 
-async def _peek_first_byte(transport: asyncio.BaseTransport, timeout: float) -> int | None:
-    """The connection's first byte, left unread in the kernel (MSG_PEEK), or None at EOF."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return None
+def _start_tls_with(
+    transport: asyncio.Transport,
+    inner: asyncio.Protocol,
+    context: ssl.SSLContext,
+    first: bytes,
+) -> None:
+    """Put a server-side TLS layer between ``transport`` and ``inner``, replaying ``first``.
+
+    ``loop.start_tls`` cannot take bytes already read, so this builds the same layer asyncio
+    builds there (``asyncio.sslproto.SSLProtocol``, a buffered protocol since Python 3.11) and
+    feeds it the ClientHello bytes the sniffer consumed. It calls ``inner.connection_made`` once
+    the handshake is done."""
     loop = asyncio.get_running_loop()
-    dup = socket.socket(fileno=os.dup(sock.fileno()))
-    try:
-        dup.setblocking(False)
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def on_readable() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(dup.fileno(), on_readable)
-        try:
-            await asyncio.wait_for(ready, timeout)
-        finally:
-            loop.remove_reader(dup.fileno())
-        data = dup.recv(1, socket.MSG_PEEK)
-        return data[0] if data else None
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        dup.close()
+    waiter: asyncio.Future[None] = loop.create_future()
+    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # handshake errors: logged
+    tls = sslproto.SSLProtocol(
+        loop, inner, context, waiter, server_side=True, ssl_handshake_timeout=15
+    )
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    view = memoryview(first)
+    while view:
+        buf = tls.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        tls.buffer_updated(n)
+        view = view[n:]
 
 
 def sniffing_protocol(base: type[asyncio.Protocol], context: ssl.SSLContext) -> type:
     """A uvicorn HTTP protocol class that serves both plain HTTP and HTTPS on one port.
 
-    Each new connection is paused until its first byte arrives; a TLS handshake record (0x16,
-    RFC 8446 section 5.1) is upgraded with ``loop.start_tls`` before ``base`` (uvicorn's HTTP
-    protocol) sees it, anything else goes to ``base`` as plain HTTP. Only public asyncio APIs are
-    used, so it runs on asyncio and uvloop alike. Pass the result as ``uvicorn.Config(http=...)``.
+    The first bytes of each connection decide: a TLS handshake record (content type 0x16,
+    RFC 8446 section 5.1) gets a TLS layer before ``base`` (uvicorn's HTTP protocol), anything
+    else goes to ``base`` as plain HTTP, replayed with ``data_received``. Works on asyncio and
+    uvloop transports. Pass the result as ``uvicorn.Config(http=...)``.
     """
 
     class TlsSniffingProtocol(asyncio.Protocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._args, self._kwargs = args, kwargs
-            self._task: asyncio.Task[None] | None = None
+            self._transport: asyncio.Transport | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            transport.pause_reading()
-            self._task = asyncio.get_running_loop().create_task(self._dispatch(transport))
+            self._transport = cast(asyncio.Transport, transport)  # uvloop's: not subclasses
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
-
-        async def _dispatch(self, transport: asyncio.Transport) -> None:
-            first = await _peek_first_byte(transport, SNIFF_TIMEOUT_S)
-            if first is None or transport.is_closing():
-                transport.close()
+        def data_received(self, data: bytes) -> None:
+            transport = self._transport
+            if transport is None or not data:
                 return
+            self._transport = None
             inner = base(*self._args, **self._kwargs)
-            if first != TLS_HANDSHAKE:
-                transport.set_protocol(inner)
-                inner.connection_made(transport)
-                transport.resume_reading()
+            if data[0] == TLS_HANDSHAKE:
+                _start_tls_with(transport, inner, context, data)
                 return
-            loop = asyncio.get_running_loop()
-            try:
-                tls = await loop.start_tls(
-                    transport, inner, context, server_side=True, ssl_handshake_timeout=15.0
-                )
-            except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
-                transport.close()
-                return
-            if tls is None:
-                transport.close()
-                return
-            inner.connection_made(tls)
+            transport.set_protocol(inner)
+            inner.connection_made(transport)
+            inner.data_received(data)
+
+        def eof_received(self) -> bool | None:
+            return None  # closed before a single byte: nothing to serve
 
     return TlsSniffingProtocol
 
