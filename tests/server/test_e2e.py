@@ -103,6 +103,14 @@ def test_every_datatype_round_trips(conn: blindinfer.Connection) -> None:
         assert out[f"out_{name}"].dtype == feeds[f"in_{name}"].dtype.newbyteorder("=")
 
 
+def test_torch_tensor_input(conn: blindinfer.Connection) -> None:
+    import torch
+
+    x = torch.rand(3, 4)
+    out = conn.run_model("demo", x)
+    np.testing.assert_allclose(out["probabilities"], demo_reference(x.numpy()), rtol=1e-6)
+
+
 def test_flat_list_with_dtype_and_shape(conn: blindinfer.Connection) -> None:
     out = conn.run_model("demo", [5.1, 3.5, 1.4, 0.2] * 2, dtype="FP32", shape=[2, 4])
     x = np.array([[5.1, 3.5, 1.4, 0.2]] * 2, np.float32)
