@@ -171,7 +171,7 @@ def test_full_client_workflow_two_models(
             "by": "hash",
             "style": "flat",
             "tensors": [tensor_spec(feats)],
-        },  # fmt: skip
+        },
         {"op": "delete", "model": "mlp"},
         {"op": "run", "model": "mlp", "by": "id", **mlp_numpy},
         {"op": "run", "model": "mlp", "by": "hash", **mlp_numpy},
