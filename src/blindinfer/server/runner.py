@@ -119,6 +119,7 @@ def _uvicorn_server(listener: Listener, log_level: str) -> uvicorn.Server:
         server_header=False,
         date_header=False,
         lifespan="off",
+        http=listener.http_protocol or "auto",  # type: ignore[arg-type]
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=64 * 1024,
     )

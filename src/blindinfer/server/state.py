@@ -73,3 +73,4 @@ class Listener:
     host: str
     port: int
     ssl: object | None  # ssl.SSLContext, or None for plain HTTP
+    http_protocol: object | None = None  # a uvicorn HTTP protocol class; None = "auto"
