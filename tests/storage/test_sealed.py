@@ -49,3 +49,12 @@ def test_ids_are_validated(tmp_path: Path) -> None:
     store = SealedStore(tmp_path, os.urandom(32))
     with pytest.raises(ValueError):
         store.put("../../etc/passwd", {}, b"")
+
+
+def test_multi_chunk_model_round_trips(tmp_path: Path) -> None:
+    store = SealedStore(tmp_path, os.urandom(32))
+    mid = "cccccccc-1234-1234-1234-123456789abc"
+    data = os.urandom(3 * 1024 * 1024 + 17)  # spans several streamed encryption chunks
+    store.put(mid, {"name": "big"}, data)
+    assert store.get(mid).data == data
+    assert not list(tmp_path.glob("*.tmp"))
