@@ -57,6 +57,7 @@ from tests.attestation._snp_nitro_forge import (
     sign_cose_sign1,
     sign_snp_report,
 )
+from tests.e2e._dcap_forge import HEADER_LEN, REPORT_DATA_AT, DcapTestPki, Template
 from tests.tee.emulation import ConfigfsTsmEmulation, FakeNsm, GramineAttestationFs, cert_table
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -392,3 +393,113 @@ def test_sgx_replayed_real_quote_is_refused_by_the_client_binding(
         policy = assert_authentic_but_unbound(server, quote, DCAP_VECTOR_TIME)
         with pytest.raises(BindingError, match="not the one the sgx evidence binds"):
             attest(server.url, policy, at=DCAP_VECTOR_TIME)
+
+
+# --- Intel SGX and TDX: runs under a test DCAP PKI ------------------------------------------------
+
+SGX_MRENCLAVE = "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb"
+TDX_MRTD = (
+    "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a"
+    "3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
+)
+
+
+def dcap_pki(vectors: Path, kind: str) -> DcapTestPki:
+    return DcapTestPki(
+        Template.load(
+            vectors / kind / f"{kind}_quote", vectors / kind / f"{kind}_quote_collateral.json"
+        )
+    )
+
+
+def test_sgx_end_to_end_with_a_test_dcap_pki(tmp_path: Path, vectors: Path) -> None:
+    """``--tee gramine-sgx`` on the emulated /dev/attestation (FIFOs): each quote v3 is the real
+    one re-signed over the written REPORTDATA under a test root CA (PCK chain with the real SGX
+    extension, TCB info and QE identity signed by a test TCB signing key), and dcap-qvl's
+    verify_with_root_ca accepts it with that root. The SDK attests (trust_roots = test root,
+    policy pinning MRENCLAVE and allowing the real TCB status and advisories), uploads and runs
+    a model. With the pinned Intel root or another MRENCLAVE: refused."""
+    pki = dcap_pki(vectors, "sgx")
+    collateral = pki.collateral(datetime.now(UTC))
+    sgx_policy = {
+        "mrenclave": SGX_MRENCLAVE,
+        "allowed_tcb_status": ["ConfigurationAndSWHardeningNeeded"],
+        "allowed_advisories": ["INTEL-SA-00289", "INTEL-SA-00615"],
+    }
+    roots = {"sgx": [pki.root_der]}
+    with GramineAttestationFs(tmp_path / "attestation", pki.quote) as device:
+        backend = create_backend(
+            "gramine-sgx",
+            tmp_path / "data",
+            attestation_root=device.root,
+            collateral=lambda quote: {"dcap": collateral},
+        )
+        with inprocess_server(tmp_path / "data", backend, demo_model=False) as server:
+            with connect(
+                server.url, {"sgx": sgx_policy}, token=server.owner_token, trust_roots=roots
+            ) as conn:
+                assert conn.claims.kind == "sgx"
+                assert conn.claims.measurements["mrenclave"] == SGX_MRENCLAVE
+                assert conn.claims.report_data == device.writes[-1]
+                upload_and_run(conn)
+
+            with pytest.raises(EvidenceError, match="does not end in the trusted root CA"):
+                connect(server.url, {"sgx": sgx_policy}, token=server.owner_token)
+            other = {"sgx": {**sgx_policy, "mrenclave": "ef" * 32}}
+            with pytest.raises(PolicyError, match=r"policy mismatch on sgx\.mrenclave") as info:
+                connect(server.url, other, token=server.owner_token, trust_roots=roots)
+            assert SGX_MRENCLAVE in str(info.value)
+
+
+def test_tdx_end_to_end_with_a_test_dcap_pki(tmp_path: Path, vectors: Path) -> None:
+    """``--tee tdx`` on emulated configfs-tsm: each quote v4 is the real TD quote re-signed over
+    the inblob under a test root CA (QE report certification data, type 6, around the test PCK
+    chain), accepted by dcap-qvl with that root. The SDK attests (trust_roots = test root,
+    policy pinning MRTD), uploads and runs a model. With the pinned Intel root or another MRTD:
+    refused."""
+    pki = dcap_pki(vectors, "tdx")
+    collateral = pki.collateral(datetime.now(UTC))
+    fs = ConfigfsTsmEmulation(tmp_path / "tsm", "tdx_guest", pki.quote)
+    backend = create_backend(
+        "tdx",
+        tmp_path / "data",
+        tsm_root=fs.root,
+        fs=fs,
+        collateral=lambda quote: {"dcap": collateral},
+        sealing_key_file=sealing_key_file(tmp_path),
+    )
+    policy = {"tdx": {"mrtd": TDX_MRTD}}
+    roots = {"tdx": [pki.root_der]}
+    with inprocess_server(tmp_path / "data", backend, demo_model=False) as server:
+        with connect(server.url, policy, token=server.owner_token, trust_roots=roots) as conn:
+            assert conn.claims.kind == "tdx"
+            assert conn.claims.measurements["mrtd"] == TDX_MRTD
+            assert conn.claims.report_data[:32] == report_data_for(conn.certificate_der)[:32]
+            upload_and_run(conn)
+
+        with pytest.raises(EvidenceError, match="does not end in the trusted root CA"):
+            connect(server.url, policy, token=server.owner_token)
+        other = {"tdx": {"mrtd": "01" * 48}}
+        with pytest.raises(PolicyError, match=r"policy mismatch on tdx\.mrtd") as info:
+            connect(server.url, other, token=server.owner_token, trust_roots=roots)
+        assert TDX_MRTD in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["sgx", "tdx"])
+def test_dcap_test_pki_is_trusted_only_as_given(vectors: Path, kind: str) -> None:
+    """The re-signed quote verifies under its own test root only, and every byte counts: a
+    REPORTDATA changed after signing, or another test root, is refused."""
+    pki = dcap_pki(vectors, kind)
+    now = datetime.now(UTC)
+    rd = bytes(range(64))
+    quote = pki.quote(rd)
+    coll = {"dcap": pki.collateral(now)}
+    claims = verify_evidence(Evidence(kind, quote, coll), at=now, roots=[pki.root_der])
+    assert claims.report_data == rd
+    at = HEADER_LEN + REPORT_DATA_AT[pki.template.version]
+    tampered = quote[:at] + bytes([quote[at] ^ 1]) + quote[at + 1 :]
+    with pytest.raises(EvidenceError):
+        verify_evidence(Evidence(kind, tampered, coll), at=now, roots=[pki.root_der])
+    other = dcap_pki(vectors, kind)
+    with pytest.raises(EvidenceError, match="does not end in the trusted root CA"):
+        verify_evidence(Evidence(kind, quote, coll), at=now, roots=[other.root_der])
