@@ -79,7 +79,7 @@ def test_re_signed_with_own_key_fails_a_pinned_signer(backend: SimulationBackend
     ev = attacker.get_evidence(report_data_for(CERT))
     verify_evidence(ev, at=datetime.now(UTC))  # authentic in itself...
     policy = Policy.from_mapping({"simulation": {"signer": backend.signer.hex()}})
-    with pytest.raises(PolicyError, match="simulation.signer"):
+    with pytest.raises(PolicyError, match=r"simulation\.signer"):
         verify_evidence(ev, at=datetime.now(UTC), policy=policy)  # ...but not the pinned key
     with pytest.raises(EvidenceError, match="not a trusted root"):
         verify_evidence(ev, at=datetime.now(UTC), roots=[backend.signer])

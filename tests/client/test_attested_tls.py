@@ -64,19 +64,19 @@ def test_mitm_after_attestation_fails_before_any_request_byte(server: ServerProc
 
 
 def test_dropped_keep_alive_connections_are_replaced(server: ServerProcess) -> None:
-    with mitm(server.port, "passthrough") as proxy:
-        with blindinfer.connect(proxy.url, simulation_mode=True, token=server.owner_token) as c:
-            x = np.ones((1, 4), np.float32)
-            first = c.run_model("demo", x)
-            proxy.drop_connections()  # as a server or load balancer closing idle connections
-            np.testing.assert_array_equal(
-                c.run_model("demo", x)["probabilities"], first["probabilities"]
-            )
-            proxy.drop_connections()
-            info = c.upload_model(
-                FIXTURES / "mlp.onnx", name="after-drop"
-            )  # streamed body, replayed
-            c.delete_model(info.model_id)
+    with (
+        mitm(server.port, "passthrough") as proxy,
+        blindinfer.connect(proxy.url, simulation_mode=True, token=server.owner_token) as c,
+    ):
+        x = np.ones((1, 4), np.float32)
+        first = c.run_model("demo", x)
+        proxy.drop_connections()  # as a server or load balancer closing idle connections
+        np.testing.assert_array_equal(
+            c.run_model("demo", x)["probabilities"], first["probabilities"]
+        )
+        proxy.drop_connections()
+        info = c.upload_model(FIXTURES / "mlp.onnx", name="after-drop")  # streamed body, replayed
+        c.delete_model(info.model_id)
 
 
 def test_simulation_refused_without_opt_in(server: ServerProcess) -> None:

@@ -294,7 +294,9 @@ def test_restricted_model_needs_a_token(server: ServerProcess) -> None:
     with blindinfer.connect(server.url, simulation_mode=True, token=server.owner_token) as owner:
         info = owner.upload_model(FIXTURES / "mlp.onnx", name="private", restricted=True)
         assert owner.run_model("private", feeds)["y"].shape == (1, 3)
-        with blindinfer.connect(server.url, simulation_mode=True) as anon:
-            with pytest.raises(blindinfer.Unauthorized, match="restricted"):
-                anon.run_model("private", feeds)
+        with (
+            blindinfer.connect(server.url, simulation_mode=True) as anon,
+            pytest.raises(blindinfer.Unauthorized, match="restricted"),
+        ):
+            anon.run_model("private", feeds)
         owner.delete_model(info.model_id)
