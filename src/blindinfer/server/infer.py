@@ -97,7 +97,9 @@ class InferEndpoint:
     def _timed_run(self, model: LoadedModel, req: oip.InferRequest) -> dict[str, Any]:
         start = time.perf_counter()
         outputs = self.state.registry.run(model, req.inputs, req.outputs)
-        elapsed = time.perf_counter() - start
+        # Clipped so that one slow sample (a noisy neighbour, a page fault) cannot push a
+        # tiny model off the inline path for the next several requests.
+        elapsed = min(time.perf_counter() - start, 2 * INLINE_RUN_S)
         old = self._run_time.get(model.info.model_id, elapsed)
         self._run_time[model.info.model_id] = old + _EWMA * (elapsed - old)
         return outputs

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -22,6 +23,7 @@ from blindinfer.engine.demo import DEMO_NAME, demo_model_bytes
 from blindinfer.engine.registry import EngineOptions, ModelRegistry
 from blindinfer.errors import ConfigError
 from blindinfer.server.app import build_app
+from blindinfer.server.coalesce import coalescing
 from blindinfer.server.config import Settings
 from blindinfer.server.state import Listener, ServerState
 from blindinfer.server.tls import generate_identity
@@ -101,7 +103,16 @@ def build_state(
 
 def listeners(state: ServerState) -> list[Listener]:
     s = state.settings
-    out = [Listener("native", build_app(state), s.host, s.port, state.tls.server_context())]
+    out = [
+        Listener(
+            "native",
+            build_app(state),
+            s.host,
+            s.port,
+            state.tls.server_context(),
+            http_protocol=coalescing(HttpToolsProtocol),
+        )
+    ]
     if s.blindai_compat:
         from blindinfer.server.compat import build_compat_listeners
 
@@ -117,6 +128,7 @@ def _uvicorn_server(listener: Listener, log_level: str) -> uvicorn.Server:
         log_level=log_level,
         access_log=False,  # paths and timing only would be safe, but keep the hot path lean
         server_header=False,
+        proxy_headers=False,  # inside a TEE, X-Forwarded-* from the operator means nothing
         date_header=False,
         lifespan="off",
         http=listener.http_protocol or "auto",  # type: ignore[arg-type]
