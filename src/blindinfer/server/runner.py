@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from blindinfer.engine.demo import DEMO_NAME, demo_model_bytes
 from blindinfer.engine.registry import EngineOptions, ModelRegistry
