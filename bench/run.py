@@ -42,7 +42,7 @@ from blindinfer.client.connection import (
     fetch_evidence,
 )
 from blindinfer.client.connection import connect as sdk_connect
-from blindinfer.engine.registry import EngineOptions, ModelRegistry, _session_options
+from blindinfer.engine.registry import EngineOptions, ModelRegistry, session_options
 
 TOKEN = "bench-owner-token-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent
@@ -193,7 +193,7 @@ def ort_session(model: BenchModel, intra_op: int) -> Any:
     """An onnxruntime session built exactly as the server builds it (engine/registry.py)."""
     opts = EngineOptions(intra_op_threads=intra_op)
     return ort.InferenceSession(
-        str(model.path), _session_options(opts), providers=["CPUExecutionProvider"]
+        str(model.path), session_options(opts), providers=["CPUExecutionProvider"]
     )
 
 

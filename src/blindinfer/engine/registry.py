@@ -71,7 +71,7 @@ class EngineOptions:
     optimization: str = "all"  # onnxruntime graph optimisation level: none, basic, extended, all
 
 
-def _session_options(opts: EngineOptions) -> Any:
+def session_options(opts: EngineOptions) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.intra_op_threads
     so.inter_op_num_threads = 1
@@ -114,7 +114,7 @@ class ModelRegistry:
         parse_model(data)
         try:
             session = ort.InferenceSession(
-                data, _session_options(self.options), providers=["CPUExecutionProvider"]
+                data, session_options(self.options), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own untyped exception classes
             first = (
