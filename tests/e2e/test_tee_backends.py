@@ -40,7 +40,7 @@ from blindinfer.attestation import Claims, Evidence, Policy, kind_module, verify
 from blindinfer.attestation.binding import report_data_for
 from blindinfer.client.connection import Connection, attest, connect, fetch_evidence
 from blindinfer.collateral import CollateralProvider, collect
-from blindinfer.errors import BindingError, EvidenceError, PolicyError
+from blindinfer.errors import BindingError, CollateralError, EvidenceError, PolicyError
 from blindinfer.tee import create_backend
 from blindinfer.tee.base import BackendUnavailable, TeeBackend
 from blindinfer.tee.configfs_tsm import ConfigfsTsmBackend
@@ -256,6 +256,47 @@ def test_snp_end_to_end_with_a_test_amd_chain(tmp_path: Path) -> None:
         with pytest.raises(PolicyError, match=r"policy mismatch on snp\.measurement") as info:
             connect(server.url, other, token=server.owner_token, trust_roots=roots)
         assert SNP_MEASUREMENT.hex() in str(info.value) and "ab" * 48 in str(info.value)
+
+
+def test_snp_client_brings_its_own_collateral(tmp_path: Path) -> None:
+    """A host that gives the guest no certificate table and a server with no AMD KDS access:
+    the server's evidence arrives without collateral, so the SDK refuses it (CollateralError)
+    unless the client supplies the VCEK and chain itself (``collateral_source``)."""
+    chain = make_test_snp_chain()
+    device = snp_device(tmp_path, chain)
+    bare = ConfigfsTsmEmulation(tmp_path / "tsm-bare", "sev_guest", device.make_outblob)
+    backend = create_backend(
+        "sev-snp",
+        tmp_path / "data",
+        tsm_root=bare.root,
+        fs=bare,
+        collateral=lambda evidence: {},
+        sealing_key_file=sealing_key_file(tmp_path),
+    )
+    policy = {"snp": {"measurement": SNP_MEASUREMENT.hex()}}
+    roots = {"snp": [chain.ark_der]}
+    seen: list[str] = []
+
+    def own_kds(evidence: Evidence) -> Mapping[str, bytes]:
+        seen.append(evidence.kind)
+        return {
+            "vcek": der(chain.vcek),
+            "chain": (der_to_pem(chain.ask) + der_to_pem_bytes(chain.ark_der)),
+        }
+
+    with inprocess_server(tmp_path / "data", backend, demo_model=False) as server:
+        with pytest.raises(CollateralError):
+            connect(server.url, policy, trust_roots=roots)
+        with connect(
+            server.url, policy, token=server.owner_token, trust_roots=roots,
+            collateral_source=own_kds,
+        ) as conn:  # fmt: skip
+            assert conn.claims.kind == "snp" and seen == ["snp"]
+            upload_and_run(conn)
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.PEM)
 
 
 # --- AWS Nitro ---------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ DEFAULT_PORT = 8443
 UPLOAD_CHUNK = 1 << 20
 
 
+# Returns the collateral to verify a piece of evidence with (instead of the server's).
+CollateralSource = Callable[[Evidence], Mapping[str, bytes]]
+
+
 class InsecureSimulationWarning(UserWarning):
     """Emitted whenever a client accepts simulation evidence: there is NO hardware protection."""
 
@@ -126,13 +130,15 @@ def attest(
     at: datetime | None = None,
     judge_policy: bool = True,
     trust_roots: Mapping[str, Sequence[bytes]] | None = None,
+    collateral_source: CollateralSource | None = None,
 ) -> tuple[Claims, bytes]:
     """Fetch fresh evidence, verify it (authenticity, binding to the TLS certificate this very
     handshake showed, freshness nonce, policy) and return the claims and that certificate.
 
     ``judge_policy=False`` skips only the policy (used to write a policy from a server).
     ``trust_roots`` maps a kind to DER roots that replace the vendor roots pinned in the
-    package (private PKIs and tests only)."""
+    package (private PKIs and tests only). ``collateral_source(evidence)`` returns collateral
+    to use instead of what the server sent (your own PCCS or AMD KDS cache)."""
     base = _base_url(url)
     nonce = secrets.token_bytes(32)
     evidence, cert = fetch_evidence(base, nonce, timeout)
@@ -142,6 +148,8 @@ def attest(
             "no hardware protection. Refusing to send data. For development only, pass "
             "simulation_mode=True (CLI: --simulation)"
         )
+    if collateral_source is not None:
+        evidence = Evidence(evidence.kind, evidence.evidence, dict(collateral_source(evidence)))
     when = at or datetime.now(UTC)
     claims = verify_evidence(
         evidence,
@@ -303,15 +311,22 @@ def connect(
     token: str | None = None,
     timeout: float = 60.0,
     trust_roots: Mapping[str, Sequence[bytes]] | None = None,
+    collateral_source: CollateralSource | None = None,
 ) -> Connection:
     """Verify the server at ``url`` against ``policy`` and return an attested Connection.
 
     ``policy``: a Policy, a path to a TOML policy file, or a mapping of its tables. Simulation
     evidence is refused unless ``simulation_mode=True``. The owner token (for uploads and
-    deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable."""
+    deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable.
+    ``trust_roots`` and ``collateral_source``: see ``attest``."""
     base = _base_url(url)
     claims, cert = attest(
-        base, policy, simulation_mode=simulation_mode, timeout=timeout, trust_roots=trust_roots
+        base,
+        policy,
+        simulation_mode=simulation_mode,
+        timeout=timeout,
+        trust_roots=trust_roots,
+        collateral_source=collateral_source,
     )
     return Connection(base, claims, cert, token or os.environ.get(TOKEN_ENV), timeout)
 

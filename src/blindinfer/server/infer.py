@@ -29,8 +29,10 @@ log = logging.getLogger("blindinfer.server")
 
 PREFIX = "/v2/models/"
 SUFFIX = "/infer"
-# Below this smoothed run time a model runs inline on the event loop.
+# Below this smoothed run time, and for requests below this size (a tiny model fed a huge batch
+# is not tiny), a model runs inline on the event loop; everything else goes to the workers.
 INLINE_RUN_S = 0.0002
+INLINE_MAX_BODY = 64 * 1024
 _EWMA = 0.2
 
 
@@ -138,7 +140,8 @@ class InferEndpoint:
         check_run_access(state, authorization, model.info.restricted)
         body = await _read(receive, declared, state.settings.max_request_size)
         req = oip.parse_infer_request(body, header_len)
-        if self._run_time.get(model.info.model_id, 1.0) < INLINE_RUN_S:
+        inline = len(body) <= INLINE_MAX_BODY
+        if inline and self._run_time.get(model.info.model_id, 1.0) < INLINE_RUN_S:
             outputs = self._timed_run(model, req)
         else:
             outputs = await state.run_blocking(self._timed_run, model, req)
