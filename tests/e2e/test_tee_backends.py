@@ -279,10 +279,8 @@ def test_snp_client_brings_its_own_collateral(tmp_path: Path) -> None:
 
     def own_kds(evidence: Evidence) -> Mapping[str, bytes]:
         seen.append(evidence.kind)
-        return {
-            "vcek": der(chain.vcek),
-            "chain": (der_to_pem(chain.ask) + der_to_pem_bytes(chain.ark_der)),
-        }
+        ark = x509.load_der_x509_certificate(chain.ark_der)
+        return {"vcek": der(chain.vcek), "chain": pem(chain.ask) + pem(ark)}
 
     with inprocess_server(tmp_path / "data", backend, demo_model=False) as server:
         with pytest.raises(CollateralError):
