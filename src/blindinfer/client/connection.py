@@ -292,12 +292,19 @@ class Connection:
         the model has several). Tensors travel as raw bytes (OIP binary extension)."""
         arrays = to_named_arrays(inputs, self._inputs_of(model), dtype, shape)
         chunks, header_len = oip.encode_infer_request(arrays, outputs)
-        body = b"".join(chunks)
+        size = sum(len(c) for c in chunks)
+        # Small requests go out as one buffer (one TLS record); large tensors are sent from
+        # their own memory, without first copying them into one body.
+        body: bytes | list[bytes | memoryview] = b"".join(chunks) if size < 65536 else chunks
         reply = self._request(
             "POST",
             f"/v2/models/{quote(model, safe='')}/infer",
-            body,
-            {oip.HEADER_LENGTH: str(header_len), "content-type": oip.BINARY_CONTENT_TYPE},
+            body,  # type: ignore[arg-type]
+            {
+                oip.HEADER_LENGTH: str(header_len),
+                "content-type": oip.BINARY_CONTENT_TYPE,
+                "content-length": str(size),
+            },
         )
         raw_len = reply.headers.get(oip.HEADER_LENGTH)
         return oip.parse_infer_response(reply.body, int(raw_len) if raw_len else None)

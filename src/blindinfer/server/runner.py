@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import logging
 import os
@@ -196,7 +197,26 @@ async def serve_state(
     waiter.cancel()
 
 
+def tune_malloc() -> None:
+    """Keep large request buffers on glibc's heap instead of fresh mmaps.
+
+    By default every buffer over 128 KiB is a new mmap, zero-filled page by page and unmapped on
+    free: a 600 KB tensor then costs ~150 page faults per request (the architecture notes
+    measured 590 us -> 31 us for one encode with higher thresholds). Same effect as setting
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment; no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    mallopt(m_trim_threshold, 128 * 1024 * 1024)
+
+
 def serve(settings: Settings) -> None:
+    tune_malloc()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
