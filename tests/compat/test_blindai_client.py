@@ -312,8 +312,9 @@ def test_sniffing_protocol_serves_http_and_https_on_one_port(tmp_path: Path) -> 
     """In process, on asyncio and uvloop: the unattested app behind the TLS sniffer."""
     import uvicorn
 
-    from blindinfer.server.compat import _uvicorn_http_protocol, build_compat_apps
+    from blindinfer.server.compat import build_compat_apps
     from blindinfer.server.compat import sniffing_protocol as sniff
+    from blindinfer.server.compat.sniff import _uvicorn_http_protocol
     from blindinfer.server.config import Settings
     from blindinfer.server.runner import build_state
 

@@ -17,6 +17,7 @@ from blindinfer.server.compat import (
     COLLATERAL_FIELDS,
     UploadDecoder,
     blindai_collateral,
+    codec,
     decode_delete,
     decode_run,
     encode_run_reply,
@@ -53,8 +54,8 @@ def decode(body: bytes, limit: int = 10**6, chunk: int = 4096) -> compat.UploadR
 def windows(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the decoder with its normal windows and with 7-byte windows (every boundary case)."""
     window, batch = request.param
-    monkeypatch.setattr(compat, "_WINDOW", window)
-    monkeypatch.setattr(compat, "_MIN_BATCH", batch)
+    monkeypatch.setattr(codec, "_WINDOW", window)
+    monkeypatch.setattr(codec, "_MIN_BATCH", batch)
 
 
 @pytest.mark.usefixtures("windows")

@@ -1,0 +1,90 @@
+"""One port, plain HTTP and HTTPS: the first byte of a connection decides (0x16 starts a TLS
+handshake record, RFC 8446 section 5.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from asyncio import sslproto
+from typing import Any, cast
+
+TLS_HANDSHAKE = 0x16  # TLS record content type "handshake" (RFC 8446 section 5.1)
+
+
+# --- one port, plain HTTP and HTTPS ---------------------------------------------------------------
+
+
+def _start_tls_with(
+    transport: asyncio.Transport,
+    inner: asyncio.Protocol,
+    context: ssl.SSLContext,
+    first: bytes,
+) -> None:
+    """Put a server-side TLS layer between ``transport`` and ``inner``, replaying ``first``.
+
+    ``loop.start_tls`` cannot take bytes already read, so this builds the same layer asyncio
+    builds there (``asyncio.sslproto.SSLProtocol``, a buffered protocol since Python 3.11) and
+    feeds it the ClientHello bytes the sniffer consumed. It calls ``inner.connection_made`` once
+    the handshake is done."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # handshake errors: logged
+    tls = sslproto.SSLProtocol(
+        loop, inner, context, waiter, server_side=True, ssl_handshake_timeout=15
+    )
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    view = memoryview(first)
+    while view:
+        buf = tls.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        tls.buffer_updated(n)
+        view = view[n:]
+
+
+def sniffing_protocol(base: type[asyncio.Protocol], context: ssl.SSLContext) -> type:
+    """A uvicorn HTTP protocol class that serves both plain HTTP and HTTPS on one port.
+
+    The first bytes of each connection decide: a TLS handshake record (content type 0x16,
+    RFC 8446 section 5.1) gets a TLS layer before ``base`` (uvicorn's HTTP protocol), anything
+    else goes to ``base`` as plain HTTP, replayed with ``data_received``. Works on asyncio and
+    uvloop transports. Pass the result as ``uvicorn.Config(http=...)``.
+    """
+
+    class TlsSniffingProtocol(asyncio.Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._args, self._kwargs = args, kwargs
+            self._transport: asyncio.Transport | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._transport = cast(asyncio.Transport, transport)  # uvloop's: not subclasses
+
+        def data_received(self, data: bytes) -> None:
+            transport = self._transport
+            if transport is None or not data:
+                return
+            self._transport = None
+            inner = base(*self._args, **self._kwargs)
+            if data[0] == TLS_HANDSHAKE:
+                _start_tls_with(transport, inner, context, data)
+                return
+            transport.set_protocol(inner)
+            inner.connection_made(transport)
+            inner.data_received(data)
+
+        def eof_received(self) -> bool | None:
+            return None  # closed before a single byte: nothing to serve
+
+    return TlsSniffingProtocol
+
+
+def _uvicorn_http_protocol() -> type[asyncio.Protocol]:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol  # type: ignore[no-any-return]
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol  # type: ignore[no-any-return]
