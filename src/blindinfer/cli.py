@@ -369,6 +369,8 @@ def _progress_callback() -> tuple[Callable[[int, int], None] | None, Callable[[]
 
     def update(done: int, total: int) -> None:
         bar.update(task, completed=done, total=total)
+        if done >= total:  # the server now validates and loads the model
+            bar.update(task, description="sent; server validating and loading")
 
     return update, bar.stop
 
