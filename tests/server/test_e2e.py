@@ -300,3 +300,23 @@ def test_restricted_model_needs_a_token(server: ServerProcess) -> None:
         ):
             anon.run_model("private", feeds)
         owner.delete_model(info.model_id)
+
+
+def test_inputs_outputs_and_tokens_never_reach_the_log(tmp_path: Path) -> None:
+    marker = "S3CR3T-MARKER"
+    with running_server(tmp_path, "--log-level", "debug") as srv:
+        with blindinfer.connect(srv.url, simulation_mode=True, token=srv.owner_token) as conn:
+            x = np.array([[1.23456, 2.34567, 0.98765, 0.45678]], np.float32)
+            out = conn.run_model("demo", x)
+            info = conn.upload_model(FIXTURES / "mlp.onnx", name="logged-name")
+            conn.delete_model(info.model_id)
+            with _raw(srv, conn) as http:  # an error path that echoes the bad value to the caller
+                bad = {"inputs": [{"name": "features", "shape": [1, 1], "datatype": "INT8",
+                                   "data": [marker]}]}  # fmt: skip
+                resp = http.post("/v2/models/demo/infer", json=bad)
+                assert resp.status_code == 400 and marker in resp.json()["error"]
+        log = srv.log()
+    assert "logged-name" in log  # the log is really captured, at debug level
+    probs = [f"{p:.5f}" for p in out["probabilities"][0]]
+    for secret in (marker, srv.owner_token, "1.23456", "2.34567", *probs):
+        assert secret not in log
