@@ -180,3 +180,10 @@ def test_verify_garbage_is_refused(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00\x01garbage" * 20)
     result = cli("verify", "--evidence", str(junk))
     assert result.returncode == 3 and "unrecognised evidence" in result.stderr
+
+
+def test_port_in_use_is_one_clear_error(server: ServerProcess, tmp_path: Path) -> None:
+    result = cli("serve", "--port", str(server.port), "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
+    assert "Traceback" not in result.stderr

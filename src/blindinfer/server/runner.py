@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -142,6 +143,17 @@ def _uvicorn_server(listener: Listener, log_level: str) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def _bind(listener: Listener) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    try:
+        return socket.create_server((listener.host, listener.port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {listener.host}:{listener.port} for the {listener.name} API: "
+            f"{exc.strerror or exc}; choose another port or stop what uses it"
+        ) from None
+
+
 def banner(state: ServerState, token: str | None) -> str:
     s = state.settings
     url = f"https://{s.host}:{s.port}"
@@ -171,14 +183,20 @@ async def serve_state(
     state: ServerState, token: str | None, started: Callable[[], None] | None = None
 ) -> None:
     """Serve every listener until SIGINT/SIGTERM or ``state.stop_event`` is set."""
-    servers = [_uvicorn_server(lst, state.settings.log_level) for lst in listeners(state)]
-    tasks = [asyncio.create_task(srv.serve()) for srv in servers]
+    chosen = listeners(state)
+    # Bind every socket first: a port in use is then one clear error, before anything serves.
+    sockets = [_bind(lst) for lst in chosen]
+    servers = [_uvicorn_server(lst, state.settings.log_level) for lst in chosen]
+    tasks = [
+        asyncio.create_task(srv.serve(sockets=[sock]))
+        for srv, sock in zip(servers, sockets, strict=True)
+    ]
     while not all(srv.started for srv in servers):
         if any(t.done() for t in tasks):
             for srv in servers:
                 srv.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
-            raise SystemExit("a listener failed to start (port in use?); see the log above")
+            raise ConfigError("a listener failed to start; see the log above")
         await asyncio.sleep(0.02)
     print(banner(state, token), flush=True)
     if started is not None:
