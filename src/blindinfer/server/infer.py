@@ -8,6 +8,7 @@ costs more than the model); the rest run in the worker pool, where onnxruntime r
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -53,7 +54,10 @@ def check_run_access(state: ServerState, authorization: str | None, restricted: 
     if authorization:
         scheme, _, value = authorization.partition(" ")
         token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    if token is not None and (state.is_owner(token) or token == run_token):
+    if token is not None and (
+        state.is_owner(token)
+        or (run_token is not None and hmac.compare_digest(token.encode(), run_token.encode()))
+    ):
         return
     what = "this model is restricted by its owner" if restricted else "this server needs a token"
     raise Unauthorized(f"{what}: send 'Authorization: Bearer TOKEN'", 401 if token is None else 403)
