@@ -58,4 +58,5 @@ def inprocess_server(
             loop.call_soon_threadsafe(state.stop_event.set)
         thread.join(15)
         state.executor.shutdown(wait=False)
-        loop.close()
+        if not thread.is_alive():
+            loop.close()

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindinfer.errors import InvalidInput
 from blindinfer.wire import oip
@@ -71,3 +73,52 @@ def test_malformed(header: dict[str, object], extra: bytes, fragment: str) -> No
     h = json.dumps(header).encode()
     with pytest.raises(InvalidInput, match=fragment):
         oip.parse_infer_request(h + extra, len(h))
+
+
+# --- robustness: arbitrary bytes never crash the parser ----------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.binary(max_size=512), header_length=st.one_of(st.none(), st.integers(-5, 600)))
+def test_arbitrary_bytes_only_ever_raise_invalid_input(
+    body: bytes, header_length: int | None
+) -> None:
+    try:
+        oip.parse_infer_request(body, header_length)
+    except InvalidInput:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    inputs=st.lists(
+        st.fixed_dictionaries(
+            {"name": st.text(max_size=4)},
+            optional={
+                "datatype": st.sampled_from([*DATATYPES, "BYTES", 7]),
+                "shape": json_values,
+                "data": json_values,
+                "parameters": json_values,
+            },
+        ),
+        max_size=3,
+    ),
+    extra=st.binary(max_size=64),
+)
+def test_arbitrary_json_requests_only_ever_raise_invalid_input(
+    inputs: list[dict[str, object]], extra: bytes
+) -> None:
+    header = json.dumps({"inputs": inputs}).encode()
+    try:
+        oip.parse_infer_request(header + extra, len(header))
+    except InvalidInput:
+        pass

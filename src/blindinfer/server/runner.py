@@ -135,6 +135,7 @@ def _uvicorn_server(listener: Listener, log_level: str) -> uvicorn.Server:
         lifespan="off",
         http=listener.http_protocol or "auto",  # type: ignore[arg-type]
         timeout_keep_alive=30,
+        timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=64 * 1024,
     )
     config.load()
