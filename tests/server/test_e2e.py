@@ -320,3 +320,62 @@ def test_inputs_outputs_and_tokens_never_reach_the_log(tmp_path: Path) -> None:
     probs = [f"{p:.5f}" for p in out["probabilities"][0]]
     for secret in (marker, srv.owner_token, "1.23456", "2.34567", *probs):
         assert secret not in log
+
+
+def test_killed_mid_upload_loses_nothing_already_stored(tmp_path: Path) -> None:
+    import signal
+    import threading
+
+    feeds = {"x": np.ones((1, 8), np.float32), "scale": np.ones(1, np.float32)}
+    with running_server(tmp_path, "--max-model-size", str(64 * 1024 * 1024)) as srv:
+        with blindinfer.connect(srv.url, simulation_mode=True, token=srv.owner_token) as c:
+            kept = c.upload_model(FIXTURES / "mlp.onnx", name="kept")
+            want = c.run_model("kept", feeds)
+            big = (FIXTURES / "mlp.onnx").read_bytes() + b"\0" * (48 * 1024 * 1024)
+            started = threading.Event()
+
+            def progress(done: int, total: int) -> None:
+                started.set()
+                if done > total // 2:
+                    srv.process.send_signal(signal.SIGKILL)  # the operator pulls the plug
+
+            with pytest.raises(blindinfer.BlindInferError):
+                c.upload_model(big, name="kept", replace=True, progress=progress)
+        srv.process.wait(10)
+        port = srv.port
+    assert started.is_set()
+    assert not list((tmp_path / "data" / "models").glob("*.tmp"))
+    with running_server(tmp_path, port=port) as again:
+        with blindinfer.connect(again.url, simulation_mode=True) as c2:
+            assert c2.model_metadata("kept")["model_id"] == kept.model_id
+            np.testing.assert_array_equal(c2.run_model("kept", feeds)["y"], want["y"])
+
+
+def test_concurrent_inference_during_uploads_and_deletes(server: ServerProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = np.random.default_rng(5).standard_normal((4, 4)).astype(np.float32)
+    want = demo_reference(x)
+    feeds = {"x": np.ones((2, 8), np.float32), "scale": np.ones(1, np.float32)}
+    mlp_want = reference(FIXTURES / "mlp.onnx", feeds)
+
+    def runner(_: int) -> int:
+        with blindinfer.connect(server.url, simulation_mode=True) as c:
+            for _ in range(60):
+                np.testing.assert_allclose(c.run_model("demo", x)["probabilities"], want, rtol=1e-6)
+        return 60
+
+    def churner(_: int) -> int:
+        with blindinfer.connect(server.url, simulation_mode=True, token=server.owner_token) as c:
+            for i in range(8):
+                info = c.upload_model(FIXTURES / "mlp.onnx", name=f"churn-{i}")
+                np.testing.assert_array_equal(c.run_model(info.model_id, feeds)["y"], mlp_want["y"])
+                c.delete_model(info.model_id)
+        return 8
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(churner, 0)] + [pool.submit(runner, i) for i in range(3)]
+        done = [f.result() for f in futures]
+    assert done == [8, 60, 60, 60]
+    with blindinfer.connect(server.url, simulation_mode=True) as c:
+        assert not [m for m in c.list_models() if m.name.startswith("churn-")]
