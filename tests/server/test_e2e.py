@@ -345,10 +345,12 @@ def test_killed_mid_upload_loses_nothing_already_stored(tmp_path: Path) -> None:
         port = srv.port
     assert started.is_set()
     assert not list((tmp_path / "data" / "models").glob("*.tmp"))
-    with running_server(tmp_path, port=port) as again:
-        with blindinfer.connect(again.url, simulation_mode=True) as c2:
-            assert c2.model_metadata("kept")["model_id"] == kept.model_id
-            np.testing.assert_array_equal(c2.run_model("kept", feeds)["y"], want["y"])
+    with (
+        running_server(tmp_path, port=port) as again,
+        blindinfer.connect(again.url, simulation_mode=True) as c2,
+    ):
+        assert c2.model_metadata("kept")["model_id"] == kept.model_id
+        np.testing.assert_array_equal(c2.run_model("kept", feeds)["y"], want["y"])
 
 
 def test_concurrent_inference_during_uploads_and_deletes(server: ServerProcess) -> None:
