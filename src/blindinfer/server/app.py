@@ -162,7 +162,7 @@ def _build_starlette(state: ServerState) -> Starlette:
                 raise InvalidInput("nonce must be hex") from None
             if not 8 <= len(nonce) <= NONCE_MAX:
                 raise InvalidInput(f"nonce must be 8 to {NONCE_MAX} bytes")
-        evidence = await state.run_blocking(state.evidence, nonce)
+        evidence = await state.evidence_async(nonce)
         doc = evidence.to_json()
         doc["certificate"] = base64.b64encode(state.tls.certificate_der).decode()
         doc["tee"] = state.backend.name

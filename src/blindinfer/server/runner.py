@@ -246,6 +246,7 @@ def serve(settings: Settings) -> None:
         _run(serve_state(state, token))
     finally:
         state.executor.shutdown(wait=False, cancel_futures=True)
+        state.attest_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _run(coro: Any) -> None:

@@ -33,6 +33,11 @@ class ServerState:
     tls: TlsIdentity
     owner_token_sha256: bytes | None
     executor: ThreadPoolExecutor
+    # Evidence generation (a device round trip, seconds on some TEEs) gets its own thread, so a
+    # flood of attestation requests queues there and never starves inference workers.
+    attest_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="attest")
+    )
     stop_event: asyncio.Event | None = None  # set by the runner; set it to stop serving
     _evidence: Evidence | None = None
     _evidence_time: float = 0.0
@@ -57,6 +62,10 @@ class ServerState:
         if token is None or self.owner_token_sha256 is None:
             return False
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self.owner_token_sha256)
+
+    async def evidence_async(self, nonce: bytes | None = None) -> Evidence:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.attest_executor, self.evidence, nonce)
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking work (inference, model loading, evidence) off the event loop."""

@@ -146,7 +146,7 @@ class _Handlers:
                 "BlindAI 0.6 client can only verify Intel SGX quotes: use the blindinfer SDK",
                 501,
             )
-        return await self.state.run_blocking(self.state.evidence)
+        return await self.state.evidence_async()
 
     async def quote(self, request: Request) -> Response:
         evidence = await self._sgx_evidence()
