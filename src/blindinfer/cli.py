@@ -179,11 +179,8 @@ def _claims_table(claims: Any) -> None:
     doc = claims.to_json()
     if doc["insecure"]:
         err.print("[bold red]INSECURE: simulation evidence, no hardware protection[/bold red]")
-    for key in ("kind", "debug", "tcb_status", "advisory_ids", "report_data"):
-        sys.stdout.write(f"{key}: {doc[key]}\n")
-    for name, value in doc["measurements"].items():
-        sys.stdout.write(f"{name}: {value}\n")
-    for name, value in doc["fields"].items():
+    rows = {k: doc[k] for k in ("kind", "debug", "tcb_status", "advisory_ids", "report_data")}
+    for name, value in {**rows, **doc["measurements"], **doc["fields"]}.items():
         sys.stdout.write(f"{name}: {value}\n")
 
 

@@ -1,27 +1,5 @@
-"""BlindAI 0.6 compatibility: the unmodified ``blindai==0.6.3`` Python client works against us.
-
-Three listeners, as the 0.6.3 client expects them (ports from ``settings.blindai_ports``):
-
-- unattested (9923): ``GET /`` -> CBOR byte string holding our TLS certificate (DER), with a
-  ``Server`` header that contains "mock" when the TEE is simulated (the client refuses a mock
-  unless it runs in simulation mode); ``GET /quote`` and ``GET /collateral`` -> the SGX quote and
-  its collateral (a map with the fields of the client's ``Collateral`` dataclass). The client
-  speaks plain HTTP here with ``hazmat_http_on_unattested_port=True`` and HTTPS otherwise: one port
-  serves both by looking at the first byte of each connection (0x16 starts a TLS handshake record,
-  RFC 8446 section 5.1), see :func:`sniffing_protocol`.
-- attested (9924, HTTPS): ``POST /run``.
-- management (9925, HTTPS, no authentication in BlindAI 0.6, so loopback only by default):
-  ``POST /upload`` and ``POST /delete``.
-
-Bodies are CBOR (RFC 8949). The upload carries the model as an *array of small unsigned
-integers*; :class:`UploadDecoder` decodes that shape incrementally, with numpy, into one
-preallocated buffer, so a 100 MB model never becomes 100 million Python ints. Errors are CBOR text
-bodies with the status of the matching :class:`~blindinfer.errors.ServerError` (4xx for the
-client's mistakes; the 0.6.3 client raises ``requests.HTTPError`` for any of them).
-
-The model registry is the one the native API uses: a model uploaded through either interface can
-be run or deleted through either.
-"""
+"""The three BlindAI 0.6 listeners and their handlers, on the shared model registry (see the
+package docstring for the protocol)."""
 
 from __future__ import annotations
 
