@@ -28,8 +28,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blindinfer import __version__
+from blindinfer.engine.registry import LoadedModel
 from blindinfer.errors import InvalidInput, PayloadTooLarge, ServerError, Unauthorized
-from blindinfer.server.infer import InferEndpoint, infer_ref
+from blindinfer.server.infer import InferEndpoint, check_version, infer_ref
 from blindinfer.server.state import ServerState
 
 log = logging.getLogger("blindinfer.server")
@@ -101,9 +102,9 @@ def build_app(state: ServerState) -> ASGIApp:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            ref = infer_ref(scope)
-            if ref is not None:
-                await infer(scope, receive, send, ref)
+            target = infer_ref(scope)
+            if target is not None:
+                await infer(scope, receive, send, *target)
                 return
         await rest(scope, receive, send)
 
@@ -131,8 +132,13 @@ def _build_starlette(state: ServerState) -> Starlette:
             }
         )
 
+    def resolve(request: Request) -> LoadedModel:
+        ref = request.path_params["ref"]
+        check_version(ref, request.path_params.get("version"))
+        return registry.resolve(ref)
+
     async def model_metadata(request: Request) -> Response:
-        model = registry.resolve(request.path_params["ref"])
+        model = resolve(request)
         info = model.info
         return _json(
             {
@@ -149,7 +155,7 @@ def _build_starlette(state: ServerState) -> Starlette:
         )
 
     async def model_ready(request: Request) -> Response:
-        model = registry.resolve(request.path_params["ref"])
+        model = resolve(request)
         return _json({"name": model.info.name, "ready": True})
 
     async def attestation(request: Request) -> Response:
@@ -221,6 +227,8 @@ def _build_starlette(state: ServerState) -> Starlette:
         Route("/v2", server_metadata),
         Route("/v2/models/{ref}", model_metadata),
         Route("/v2/models/{ref}/ready", model_ready),
+        Route("/v2/models/{ref}/versions/{version}", model_metadata),
+        Route("/v2/models/{ref}/versions/{version}/ready", model_ready),
         Route("/blindinfer/v1/attestation", attestation),
         Route("/blindinfer/v1/models", list_models, methods=["GET"]),
         Route("/blindinfer/v1/models", upload, methods=["POST"]),

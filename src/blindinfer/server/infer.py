@@ -17,7 +17,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from blindinfer.engine.registry import LoadedModel
-from blindinfer.errors import InvalidInput, PayloadTooLarge, ServerError, Unauthorized
+from blindinfer.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServerError,
+    Unauthorized,
+)
 from blindinfer.server.state import ServerState
 from blindinfer.wire import oip
 
@@ -28,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("blindinfer.server")
 
+MODEL_VERSION = "1"
 PREFIX = "/v2/models/"
 SUFFIX = "/infer"
 # Below this smoothed run time, and for requests below this size (a tiny model fed a huge batch
@@ -37,13 +44,25 @@ INLINE_MAX_BODY = 64 * 1024
 _EWMA = 0.2
 
 
-def infer_ref(scope: Scope) -> str | None:
-    """The model reference when the request is an inference call, else None."""
+def infer_ref(scope: Scope) -> tuple[str, str | None] | None:
+    """(model reference, version or None) when the request is an inference call, else None.
+
+    Both OIP forms: /v2/models/{ref}/infer and /v2/models/{ref}/versions/{version}/infer."""
     path: str = scope["path"]
     if scope["method"] != "POST" or not path.startswith(PREFIX) or not path.endswith(SUFFIX):
         return None
-    ref = path[len(PREFIX) : -len(SUFFIX)]
-    return unquote(ref) if ref and "/" not in ref else None
+    parts = path[len(PREFIX) : -len(SUFFIX)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return unquote(parts[0]), None
+    if len(parts) == 3 and parts[0] and parts[1] == "versions":
+        return unquote(parts[0]), unquote(parts[2])
+    return None
+
+
+def check_version(ref: str, version: str | None) -> None:
+    """Every model has exactly one version, "1" (OIP lets clients name it)."""
+    if version is not None and version != MODEL_VERSION:
+        raise ModelNotFound(f"model {ref!r} has no version {version!r}; its only version is 1")
 
 
 def check_run_access(state: ServerState, authorization: str | None, restricted: bool) -> None:
@@ -110,8 +129,11 @@ class InferEndpoint:
         self._run_time[model.info.model_id] = old + _EWMA * (elapsed - old)
         return outputs
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, ref: str) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, ref: str, version: str | None
+    ) -> None:
         try:
+            check_version(ref, version)
             status, headers, body = await self._handle(scope, receive, ref)
         except ServerError as exc:
             status, body = exc.status, json.dumps({"error": exc.message}).encode()
