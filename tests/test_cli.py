@@ -59,6 +59,9 @@ def test_attest_json_and_refusals(server: ServerProcess, tmp_path: Path) -> None
     assert "INSECURE" in ok.stderr or "NO hardware protection" in ok.stderr
     refused = cli("attest", server.url)
     assert refused.returncode == 3 and "SIMULATION" in refused.stderr
+    pem = tmp_path / "attested.pem"
+    saved = cli("attest", server.url, "--simulation", "--save-cert", str(pem))
+    assert saved.returncode == 0 and pem.read_text().startswith("-----BEGIN CERTIFICATE-----")
     unreachable = cli("attest", "https://127.0.0.1:1", "--simulation")
     assert unreachable.returncode == 5
 

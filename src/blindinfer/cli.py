@@ -189,13 +189,21 @@ def attest(
     url: str,
     policy: PolicyOpt = None,
     simulation: SimOpt = False,
+    save_cert: Annotated[
+        Path | None,
+        typer.Option(help="write the attested certificate (PEM) here, to pin in other clients"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a server's evidence, verify it (and its TLS binding) and print the claims."""
     from blindinfer.client import attest as do_attest
 
     with _errors():
-        claims, _ = do_attest(url, policy, simulation_mode=simulation)
+        claims, cert = do_attest(url, policy, simulation_mode=simulation)
+    if save_cert is not None:
+        import ssl
+
+        save_cert.write_text(ssl.DER_cert_to_PEM_cert(cert))
     if as_json:
         _print_json({"verified": True, "claims": claims.to_json()})
     else:
