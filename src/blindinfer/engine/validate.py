@@ -54,8 +54,11 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _graph_tensors(sub)
 
 
-def parse_model(data: bytes) -> onnx.ModelProto:
-    """Parse and structurally check ONNX bytes; refuse any reference to external data."""
+def parse_model(data: bytes) -> None:
+    """Parse and structurally check ONNX bytes; refuse any reference to external data.
+
+    Memory matters for big models: the Python ModelProto is dropped before the checker runs, and
+    the checker gets the bytes (given a ModelProto it would serialize a third copy)."""
     if not data:
         raise InvalidModel("the model is empty: upload the raw bytes of an .onnx file")
     try:
@@ -73,12 +76,12 @@ def parse_model(data: bytes) -> onnx.ModelProto:
                 "accepts self-contained models: re-save it with "
                 "onnx.save_model(model, path, save_as_external_data=False)"
             )
+    del model
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise InvalidModel(f"the ONNX model failed validation: {first}") from exc
-    return model
 
 
 def _spec(arg: Any) -> TensorSpec:
