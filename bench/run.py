@@ -15,14 +15,11 @@ import os
 import platform
 import pstats
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from tests._server import free_port, is_ready
 
 from bench.models import NAMES, BenchModel, ensure_model
 from blindinfer.client.connection import (
@@ -134,27 +132,10 @@ class Server:
                 self.process.wait(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(url: str) -> bool:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", context=ctx, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
 @contextmanager
 def server(workdir: Path, intra_op: int, profile: Path | None = None) -> Iterator[Server]:
     """A real ``blindinfer serve`` process on loopback (optionally under cProfile)."""
-    port = _free_port()
+    port = free_port()
     data_dir = workdir / f"data-{port}"
     log_path = workdir / f"server-{port}.log"
     prefix = [sys.executable]
@@ -171,7 +152,7 @@ def server(workdir: Path, intra_op: int, profile: Path | None = None) -> Iterato
     srv = Server(f"https://127.0.0.1:{port}", proc, log_path)
     try:
         deadline = time.monotonic() + 60
-        while not _ready(srv.url):
+        while not is_ready(srv.url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
             time.sleep(0.05)

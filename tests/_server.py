@@ -45,7 +45,8 @@ class ServerProcess:
                 self.process.wait(5)
 
 
-def _ready(url: str) -> bool:
+def is_ready(url: str) -> bool:
+    """Whether a blindinfer server answers /v2/health/ready at ``url`` (TLS, unverified)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -79,7 +80,7 @@ def start_server(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        if _ready(url):
+        if is_ready(url):
             return server
         time.sleep(0.1)
     server.stop()
