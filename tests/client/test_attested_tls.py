@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,4 +127,3 @@ def test_token_from_environment(server: ServerProcess, monkeypatch: pytest.Monke
     with blindinfer.connect(server.url, simulation_mode=True) as conn:
         info = conn.upload_model(FIXTURES / "mlp.onnx", name="env-token")
         conn.delete_model(info.model_id)
-    assert os.environ["BLINDINFER_OWNER_TOKEN"] == server.owner_token

@@ -57,12 +57,14 @@ def verify_evidence(
     at: datetime,
     policy: Policy | None = None,
     certificate_der: bytes | None = None,
+    nonce: bytes | None = None,
     roots: Sequence[bytes] | None = None,
 ) -> Claims:
     """Verify evidence at time ``at``; then its binding to ``certificate_der`` and the policy.
 
-    Authenticity is always checked. The binding is checked when a certificate is given, the
-    policy when one is given. Raises an AttestationError subclass on any failure.
+    Authenticity is always checked. The binding is checked when a certificate is given (and the
+    freshness nonce with it, when given), the policy when one is given. Raises an
+    AttestationError subclass on any failure.
     """
     if at.tzinfo is None:
         raise ValueError("verification time must be timezone-aware")
@@ -72,7 +74,7 @@ def verify_evidence(
         raise EvidenceError(f"unknown evidence kind {evidence.kind!r}") from None
     claims: Claims = mod.verify(evidence.evidence, evidence.collateral, at=at, roots=roots)
     if certificate_der is not None:
-        check_binding(claims, certificate_der)
+        check_binding(claims, certificate_der, nonce)
     if policy is not None:
         policy.check(claims)
     return claims

@@ -16,7 +16,6 @@ from urllib.parse import quote, urlencode, urlsplit
 import numpy as np
 
 from blindinfer.attestation import Claims, Evidence, Policy, verify_evidence
-from blindinfer.attestation.binding import check_binding
 from blindinfer.attestation.simulation import KindPolicy as SimulationPolicy
 from blindinfer.client.tensors import to_named_arrays
 from blindinfer.client.tls import evidence_context, pinned_context
@@ -156,9 +155,9 @@ def attest(
         at=when,
         policy=_resolve_policy(policy, simulation_mode) if judge_policy else None,
         certificate_der=cert,
+        nonce=nonce,
         roots=(trust_roots or {}).get(evidence.kind),
     )
-    check_binding(claims, cert, nonce)
     if claims.insecure:
         warnings.warn(
             f"connected to {base} in SIMULATION mode: there is NO hardware protection, the "

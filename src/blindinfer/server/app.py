@@ -29,8 +29,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blindinfer import __version__
 from blindinfer.engine.registry import LoadedModel
-from blindinfer.errors import InvalidInput, PayloadTooLarge, ServerError, Unauthorized
+from blindinfer.errors import InvalidInput, ServerError
 from blindinfer.server.infer import InferEndpoint, check_version, infer_ref
+from blindinfer.server.requests import content_length, read_limited, require_owner
 from blindinfer.server.state import ServerState
 
 log = logging.getLogger("blindinfer.server")
@@ -48,51 +49,10 @@ def _json(doc: Any, status: int = 200) -> Response:
     )
 
 
-def _bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, token = auth.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def require_owner(state: ServerState, request: Request) -> None:
-    token = _bearer(request)
-    if token is None:
-        raise Unauthorized(
-            "this operation needs the model owner's token: send 'Authorization: Bearer TOKEN' "
-            "(SDK: connect(..., token=...) or BLINDINFER_OWNER_TOKEN)",
-            401,
-        )
-    if not state.is_owner(token):
-        raise Unauthorized("the owner token is wrong", 403)
-
-
 async def read_body(request: Request, limit: int, what: str) -> bytearray:
-    """Read a body into one preallocated buffer, refusing it as soon as it passes ``limit``."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InvalidInput("Content-Length is not a number") from None
-        if size > limit:
-            raise PayloadTooLarge(f"the {what} is {size} bytes, over the server limit of {limit}")
-        buf = bytearray(size)
-        pos = 0
-        async for chunk in request.stream():
-            end = pos + len(chunk)
-            if end > size:
-                raise InvalidInput("the body is longer than its Content-Length")
-            buf[pos:end] = chunk
-            pos = end
-        if pos != size:
-            raise InvalidInput(f"the body ended after {pos} of {size} bytes")
-        return buf
-    parts = bytearray()
-    async for chunk in request.stream():
-        parts += chunk
-        if len(parts) > limit:
-            raise PayloadTooLarge(f"the {what} is over the server limit of {limit} bytes")
-    return parts
+    """A Starlette request's body, size-limited (see ``read_limited``)."""
+    declared = content_length(request.headers.get("content-length"))
+    return await read_limited(request.receive, declared, limit, what)
 
 
 def build_app(state: ServerState) -> ASGIApp:
@@ -178,7 +138,7 @@ def _build_starlette(state: ServerState) -> Starlette:
         return _json({"models": [i.to_json() for i in registry.list()]})
 
     async def upload(request: Request) -> Response:
-        require_owner(state, request)
+        require_owner(state, request.headers.get("authorization"))
         params = request.query_params
         name = params.get("name") or None
         flags = {
@@ -195,7 +155,7 @@ def _build_starlette(state: ServerState) -> Starlette:
         return _json(info.to_json(), 201)
 
     async def delete(request: Request) -> Response:
-        require_owner(state, request)
+        require_owner(state, request.headers.get("authorization"))
         info = await state.run_blocking(registry.delete, request.path_params["ref"])
         log.info("model %s deleted (id %s)", info.name, info.model_id)
         return _json(info.to_json())

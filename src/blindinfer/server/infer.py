@@ -8,7 +8,6 @@ costs more than the model); the rest run in the worker pool, where onnxruntime r
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -20,10 +19,9 @@ from blindinfer.engine.registry import LoadedModel
 from blindinfer.errors import (
     InvalidInput,
     ModelNotFound,
-    PayloadTooLarge,
     ServerError,
-    Unauthorized,
 )
+from blindinfer.server.requests import check_run_access, content_length, read_limited
 from blindinfer.server.state import ServerState
 from blindinfer.wire import oip
 
@@ -63,55 +61,6 @@ def check_version(ref: str, version: str | None) -> None:
     """Every model has exactly one version, "1" (OIP lets clients name it)."""
     if version is not None and version != MODEL_VERSION:
         raise ModelNotFound(f"model {ref!r} has no version {version!r}; its only version is 1")
-
-
-def check_run_access(state: ServerState, authorization: str | None, restricted: bool) -> None:
-    run_token = state.settings.run_token
-    if run_token is None and not restricted:
-        return
-    token = None
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    if token is not None and (
-        state.is_owner(token)
-        or (run_token is not None and hmac.compare_digest(token.encode(), run_token.encode()))
-    ):
-        return
-    what = "this model is restricted by its owner" if restricted else "this server needs a token"
-    raise Unauthorized(f"{what}: send 'Authorization: Bearer TOKEN'", 401 if token is None else 403)
-
-
-async def _read(receive: Receive, declared: int | None, limit: int) -> bytearray:
-    if declared is not None:
-        if declared > limit:
-            raise PayloadTooLarge(
-                f"the inference request is {declared} bytes, over the server limit of {limit}"
-            )
-        buf = bytearray(declared)
-        pos = 0
-        more = True
-        while more:
-            message = await receive()
-            chunk = message.get("body", b"")
-            end = pos + len(chunk)
-            if end > declared:
-                raise InvalidInput("the body is longer than its Content-Length")
-            buf[pos:end] = chunk
-            pos = end
-            more = message.get("more_body", False)
-        if pos != declared:
-            raise InvalidInput(f"the body ended after {pos} of {declared} bytes")
-        return buf
-    parts = bytearray()
-    more = True
-    while more:
-        message = await receive()
-        parts += message.get("body", b"")
-        if len(parts) > limit:
-            raise PayloadTooLarge(f"the inference request is over the server limit of {limit}")
-        more = message.get("more_body", False)
-    return parts
 
 
 class InferEndpoint:
@@ -157,14 +106,16 @@ class InferEndpoint:
         authorization = None
         for name, value in scope["headers"]:
             if name == b"content-length":
-                declared = _int(value, "Content-Length")
+                declared = content_length(value)
             elif name == b"inference-header-content-length":
                 header_len = _int(value, oip.HEADER_LENGTH)
             elif name == b"authorization":
                 authorization = value.decode("latin-1")
         model = state.registry.resolve(ref)
         check_run_access(state, authorization, model.info.restricted)
-        body = await _read(receive, declared, state.settings.max_request_size)
+        body = await read_limited(
+            receive, declared, state.settings.max_request_size, "inference request"
+        )
         req = oip.parse_infer_request(body, header_len)
         inline = len(body) <= INLINE_MAX_BODY
         if inline and self._run_time.get(model.info.model_id, 1.0) < INLINE_RUN_S:

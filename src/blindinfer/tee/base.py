@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from blindinfer.attestation.claims import Evidence
@@ -35,7 +34,3 @@ class TeeBackend(Protocol):
 
 class BackendUnavailable(RuntimeError):
     """The TEE device interface is missing or misbehaves (raised at server start-up)."""
-
-
-def collateral_or_empty(items: Mapping[str, bytes] | None) -> dict[str, bytes]:
-    return dict(items or {})
