@@ -381,3 +381,21 @@ def test_concurrent_inference_during_uploads_and_deletes(server: ServerProcess) 
     assert done == [8, 60, 60, 60]
     with blindinfer.connect(server.url, simulation_mode=True) as c:
         assert not [m for m in c.list_models() if m.name.startswith("churn-")]
+
+
+def test_chunked_upload_without_content_length(
+    server: ServerProcess, conn: blindinfer.Connection
+) -> None:
+    data = (FIXTURES / "mlp.onnx").read_bytes()
+
+    def chunks(payload: bytes) -> Iterator[bytes]:
+        for i in range(0, len(payload), 100):
+            yield payload[i : i + 100]
+
+    with _raw(server, conn, token=server.owner_token) as http:
+        ok = http.post("/blindinfer/v1/models?name=chunked", content=chunks(data))
+        assert ok.status_code == 201, ok.text
+        assert ok.json()["sha256"] == __import__("hashlib").sha256(data).hexdigest()
+        big = http.post("/blindinfer/v1/models?name=big", content=chunks(b"\0" * (MAX_MODEL + 1)))
+        assert big.status_code == 413
+        assert http.delete(f"/blindinfer/v1/models/{ok.json()['model_id']}").status_code == 200
