@@ -103,9 +103,32 @@ def serve(
     demo_model: Annotated[
         bool | None, typer.Option("--demo-model/--no-demo-model", help="preload the demo model")
     ] = None,
-    max_model_size: Annotated[int | None, typer.Option(help="largest model, bytes")] = None,
-    max_request_size: Annotated[int | None, typer.Option(help="largest request, bytes")] = None,
+    max_model_size: Annotated[
+        str | None, typer.Option(help="largest model (bytes or 512MiB) [512MiB]")
+    ] = None,
+    max_request_size: Annotated[
+        str | None, typer.Option(help="largest inference request [64MiB]")
+    ] = None,
+    max_json_request_size: Annotated[
+        str | None, typer.Option(help="largest JSON part of an inference request [8MiB]")
+    ] = None,
     max_models: Annotated[int | None, typer.Option(help="most models held")] = None,
+    max_run_seconds: Annotated[
+        float | None, typer.Option(help="a run past this many seconds is stopped [60]")
+    ] = None,
+    max_run_memory: Annotated[
+        str | None,
+        typer.Option(help="onnxruntime working memory for all runs, e.g. 2GiB [1/4 of RAM]"),
+    ] = None,
+    max_load_seconds: Annotated[
+        float | None, typer.Option(help="a model load past this is abandoned [120]")
+    ] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="idle/header/body timeout of a connection, s [30]")
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help="most open connections per port [4096]")
+    ] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(help="onnxruntime threads per inference [1]")
     ] = None,
@@ -146,6 +169,12 @@ def serve(
         "max_model_size": max_model_size,
         "max_request_size": max_request_size,
         "max_models": max_models,
+        "max_json_request_size": max_json_request_size,
+        "max_run_seconds": max_run_seconds,
+        "max_run_memory": max_run_memory,
+        "max_load_seconds": max_load_seconds,
+        "idle_timeout": idle_timeout,
+        "max_connections": max_connections,
         "intra_op_threads": intra_op_threads,
         "inference_workers": inference_workers,
         "blindai_compat": blindai_compat,

@@ -95,6 +95,18 @@ class Conflict(ServerError):
     status = 409
 
 
+class LimitExceeded(ServerError):
+    """A run passed one of the server's run limits (time, memory) and was stopped."""
+
+    status = 503
+
+
+class InsufficientStorage(ServerError):
+    """The server's disk is full: nothing was stored, and nothing already stored was lost."""
+
+    status = 507
+
+
 def error_for_status(status: int, message: str) -> ServerError:
     """Rebuild the most specific ServerError subclass for a status the server sent."""
     cls: type[ServerError] = {
@@ -105,5 +117,7 @@ def error_for_status(status: int, message: str) -> ServerError:
         409: Conflict,
         413: PayloadTooLarge,
         422: InvalidModel,
+        503: LimitExceeded,
+        507: InsufficientStorage,
     }.get(status, ServerError)
     return cls(message, status)

@@ -7,6 +7,7 @@ snapshot so inference never waits on an upload.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import re
@@ -20,8 +21,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from blindinfer.engine import limits
 from blindinfer.engine.validate import Signature, TensorSpec, parse_model, signature_of
-from blindinfer.errors import Conflict, InvalidInput, InvalidModel, ModelNotFound, PayloadTooLarge
+from blindinfer.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    InvalidModel,
+    LimitExceeded,
+    ModelNotFound,
+    PayloadTooLarge,
+)
 from blindinfer.storage.sealed import SealedStore, StoreError
 from blindinfer.wire.tensors import datatype_of
 
@@ -69,6 +79,9 @@ class EngineOptions:
     max_model_size: int = 512 * 1024 * 1024
     intra_op_threads: int = 1
     optimization: str = "all"  # onnxruntime graph optimisation level: none, basic, extended, all
+    max_run_seconds: float = 60.0
+    max_run_memory: int | None = None  # onnxruntime working-memory cap; None = uncapped
+    max_load_seconds: float = 120.0
 
 
 def session_options(opts: EngineOptions) -> Any:
@@ -82,7 +95,14 @@ def session_options(opts: EngineOptions) -> Any:
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[opts.optimization]
+    if opts.max_run_memory is not None:
+        limits.install_arena(opts.max_run_memory)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     return so
+
+
+# Abandoned loads still burning CPU: past this many, uploads wait for them to finish.
+MAX_ABANDONED_LOADS = 2
 
 
 def _first_line(exc: BaseException) -> str:
@@ -105,6 +125,7 @@ class ModelRegistry:
         self.options = options or EngineOptions()
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}  # by model_id; replaced wholesale on change
+        self.watchdog = limits.Watchdog(self.options.max_run_seconds)
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -112,15 +133,25 @@ class ModelRegistry:
         self, data: bytes, model_id: str, name: str, created: str, restricted: bool
     ) -> LoadedModel:
         parse_model(data)
+        if limits.abandoned_loads() >= MAX_ABANDONED_LOADS:
+            raise LimitExceeded(
+                "the server is still busy with earlier model loads that passed their time limit; "
+                "try again later"
+            )
+        opts = session_options(self.options)
         try:
-            session = ort.InferenceSession(
-                data, session_options(self.options), providers=["CPUExecutionProvider"]
+            session = limits.call_with_timeout(
+                lambda: ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
+                self.options.max_load_seconds,
             )
+        except limits.LoadTimeout:
+            raise InvalidModel(
+                f"onnxruntime did not finish loading the model within "
+                f"{self.options.max_load_seconds:g} s (setting max_load_seconds); the load was "
+                "abandoned"
+            ) from None
         except Exception as exc:  # onnxruntime raises its own untyped exception classes
-            first = (
-                str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            )
-            raise InvalidModel(f"onnxruntime cannot load the model: {first}") from exc
+            raise InvalidModel(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
         sig = signature_of(session)
         info = ModelInfo(
             model_id=model_id,
@@ -207,7 +238,7 @@ class ModelRegistry:
                 )
             if self.store is not None and persist:
                 meta = {"name": loaded.info.name, "created": created, "restricted": restricted}
-                self.store.put(model_id, meta, data)
+                self._put(model_id, meta, data)
             models = dict(self._models)
             if old is not None:
                 del models[old.info.model_id]
@@ -216,6 +247,18 @@ class ModelRegistry:
             if old is not None and self.store is not None:
                 self.store.delete(old.info.model_id)
         return loaded.info
+
+    def _put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        assert self.store is not None
+        try:
+            self.store.put(model_id, meta, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    "the server's disk is full: the model was not stored (models already stored "
+                    "are intact); ask the operator to free space"
+                ) from None
+            raise
 
     def delete(self, ref: str) -> ModelInfo:
         with self._lock:
@@ -293,8 +336,13 @@ class ModelRegistry:
         model: LoadedModel,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
+        on_start: Callable[[limits.RunHandle], None] | None = None,
+        max_seconds: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Validate and run; blocking (call it from a worker thread: onnxruntime drops the GIL)."""
+        """Validate and run; blocking (call it from a worker thread: onnxruntime drops the GIL).
+
+        The run is stopped past ``max_run_seconds`` or the working-memory cap; ``on_start`` gets
+        its handle so that the caller can stop it too (a client that disconnects)."""
         self.check_inputs(model, inputs)
         names = list(outputs) if outputs else list(model.output_names)
         unknown = [n for n in names if n not in model.output_names]
@@ -303,11 +351,34 @@ class ModelRegistry:
                 f"model {model.info.name!r} has no output(s) {unknown}; it has "
                 f"{list(model.output_names)}"
             )
+        key, handle = self.watchdog.start_run(max_seconds)
         try:
-            results = model.session.run(names, dict(inputs))
+            if on_start is not None:
+                on_start(handle)
+            results = model.session.run(names, dict(inputs), handle.options)
         except Exception as exc:  # onnxruntime's exception classes are not importable types
-            first = (
-                str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            )
-            raise InvalidInput(f"model {model.info.name!r} rejected the inputs: {first}") from exc
+            raise self._run_error(model, handle, exc) from None
+        finally:
+            self.watchdog.end_run(key)
         return dict(zip(names, results, strict=True))
+
+    def _run_error(self, model: LoadedModel, handle: limits.RunHandle, exc: Exception) -> Exception:
+        if handle.reason == "time":
+            seconds = handle.seconds
+            return LimitExceeded(
+                f"the run of model {model.info.name!r} was stopped after {seconds:g} s "
+                "(setting max_run_seconds)"
+            )
+        if handle.reason == "shutdown":
+            return LimitExceeded("the server is shutting down; the run was stopped")
+        if handle.reason == "cancelled":
+            return InvalidInput("the run was cancelled: the client went away")
+        if limits.is_arena_exhausted(exc):
+            return LimitExceeded(
+                f"the run of model {model.info.name!r} needed more working memory than the "
+                f"server allows ({limits.arena_bytes()} bytes for all runs, setting "
+                "max_run_memory); it was stopped"
+            )
+        if isinstance(exc, MemoryError):
+            return LimitExceeded(f"the run of model {model.info.name!r} ran out of memory")
+        return InvalidInput(f"model {model.info.name!r} rejected the inputs: {_first_line(exc)}")

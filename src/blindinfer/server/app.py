@@ -55,9 +55,23 @@ async def read_body(request: Request, limit: int, what: str) -> bytearray:
     return await read_limited(request.receive, declared, limit, what)
 
 
+def quiet(app: ASGIApp, name: str) -> ASGIApp:
+    """Starlette answers an unexpected exception with our 500 handler and then re-raises it, so
+    that uvicorn logs the full traceback with the exception's text, which could quote inputs.
+    This wrapper swallows it after the response is sent and logs the type only."""
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            log.error("internal error on the %s API: %s", name, type(exc).__name__)
+
+    return wrapper
+
+
 def build_app(state: ServerState) -> ASGIApp:
     """The native API: the inference hot path as a raw endpoint, the rest on Starlette."""
-    rest = _build_starlette(state)
+    rest = quiet(_build_starlette(state), "native")
     infer = InferEndpoint(state)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,8 +191,7 @@ def _build_starlette(state: ServerState) -> Starlette:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        # Only the exception type: its text could quote inputs.
-        log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+        # Logged (type only) by ``quiet`` once Starlette re-raises it.
         return _json({"error": "internal server error"}, 500)
 
     routes = [

@@ -6,6 +6,7 @@ All limits live here, in one object, so an operator can see and tune them in one
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,9 +14,24 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from blindinfer.engine.limits import default_run_memory
 from blindinfer.errors import ConfigError
 
 ENV_PREFIX = "BLINDINFER_"
+
+_UNITS = {
+    "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+    "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """'2GiB', '512MiB', '64k', '1000' -> bytes (binary and decimal units, case-insensitive)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: use e.g. 1048576, 512MiB, 2GiB or 64kB")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def default_data_dir() -> Path:
@@ -44,6 +60,25 @@ class Settings(BaseModel):
     max_model_size: int = Field(512 * 1024**2, gt=0, description="largest model upload (bytes)")
     max_request_size: int = Field(64 * 1024**2, gt=0, description="largest inference request")
     max_models: int = Field(32, gt=0, description="most models held at once")
+    max_json_request_size: int = Field(
+        8 * 1024**2, gt=0, description="largest JSON part of an inference request (bytes)"
+    )
+    max_run_seconds: float = Field(60.0, gt=0, description="a run past this is stopped (503)")
+    max_run_memory: int = Field(
+        default_factory=default_run_memory,
+        gt=0,
+        description="onnxruntime working memory for all runs together; past it a run is stopped",
+    )
+    max_load_seconds: float = Field(
+        120.0, gt=0, description="a model load past this is abandoned (422)"
+    )
+    idle_timeout: float = Field(
+        30.0, gt=0, description="idle, header and body timeout of a connection (seconds)"
+    )
+    max_connections: int = Field(4096, gt=0, description="most open connections per port")
+    max_header_size: int = Field(
+        64 * 1024, gt=0, description="largest request head (request line + headers), else 431"
+    )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime threads per inference")
     inference_workers: int = Field(
         default_factory=lambda: max(2, os.cpu_count() or 2),
@@ -59,6 +94,14 @@ class Settings(BaseModel):
         "127.0.0.1", description="address of the BlindAI management port (no auth there!)"
     )
     log_level: str = Field("info", description="debug, info, warning, error")
+
+    @field_validator(
+        "max_model_size", "max_request_size", "max_json_request_size", "max_run_memory",
+        "max_header_size", mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        return parse_size(v) if isinstance(v, str) else v
 
     @field_validator("tee")
     @classmethod

@@ -15,10 +15,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
+from blindinfer.engine.limits import RunHandle
 from blindinfer.engine.registry import LoadedModel
 from blindinfer.errors import (
     InvalidInput,
+    LimitExceeded,
     ModelNotFound,
+    PayloadTooLarge,
     ServerError,
 )
 from blindinfer.server.requests import check_run_access, content_length, read_limited
@@ -63,20 +66,46 @@ def check_version(ref: str, version: str | None) -> None:
         raise ModelNotFound(f"model {ref!r} has no version {version!r}; its only version is 1")
 
 
+# An inline run past this is stopped and rerun on a worker, and its model never runs inline
+# again: a tiny model whose loop count is an input must not hold the event loop.
+INLINE_MAX_SECONDS = 0.01
+
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 class InferEndpoint:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self._run_time: dict[str, float] = {}  # model_id -> smoothed seconds per run
+        self._never_inline: set[str] = set()
 
-    def _timed_run(self, model: LoadedModel, req: oip.InferRequest) -> dict[str, Any]:
+    def _work(
+        self,
+        model: LoadedModel,
+        body: bytearray,
+        header_len: int | None,
+        on_start: Callable[[RunHandle], None] | None = None,
+        max_seconds: float | None = None,
+    ) -> Reply:
+        """Parse, run and encode: all per-byte work, on a worker for anything but tiny calls."""
+        req = oip.parse_infer_request(body, header_len)
         start = time.perf_counter()
-        outputs = self.state.registry.run(model, req.inputs, req.outputs)
+        outputs = self.state.registry.run(model, req.inputs, req.outputs, on_start, max_seconds)
         # Clipped so that one slow sample (a noisy neighbour, a page fault) cannot push a
         # tiny model off the inline path for the next several requests.
         elapsed = min(time.perf_counter() - start, 2 * INLINE_RUN_S)
         old = self._run_time.get(model.info.model_id, elapsed)
         self._run_time[model.info.model_id] = old + _EWMA * (elapsed - old)
-        return outputs
+        chunks, out_len = oip.encode_infer_response(
+            model.info.name, outputs, req.binary_outputs, req.request_id
+        )
+        if out_len is None:
+            return 200, [(b"content-type", b"application/json")], bytes(chunks[0])
+        headers = [
+            (b"content-type", oip.BINARY_CONTENT_TYPE.encode()),
+            (oip.HEADER_LENGTH.encode(), str(out_len).encode()),
+        ]
+        return 200, headers, b"".join(chunks)
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, ref: str, version: str | None
@@ -98,10 +127,9 @@ class InferEndpoint:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, ref: str
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _handle(self, scope: Scope, receive: Receive, ref: str) -> Reply:
         state = self.state
+        settings = state.settings
         declared = header_len = None
         authorization = None
         for name, value in scope["headers"]:
@@ -113,25 +141,30 @@ class InferEndpoint:
                 authorization = value.decode("latin-1")
         model = state.registry.resolve(ref)
         check_run_access(state, authorization, model.info.restricted)
-        body = await read_limited(
-            receive, declared, state.settings.max_request_size, "inference request"
+        json_len = header_len if header_len is not None else declared
+        if json_len is not None and json_len > settings.max_json_request_size:
+            raise PayloadTooLarge(
+                f"the JSON part of the request is {json_len} bytes, over the server limit of "
+                f"{settings.max_json_request_size} (setting max_json_request_size); send large "
+                "tensors with the binary tensor extension"
+            )
+        limit = (
+            settings.max_request_size if header_len is not None else settings.max_json_request_size
         )
-        req = oip.parse_infer_request(body, header_len)
-        inline = len(body) <= INLINE_MAX_BODY
-        if inline and self._run_time.get(model.info.model_id, 1.0) < INLINE_RUN_S:
-            outputs = self._timed_run(model, req)
-        else:
-            outputs = await state.run_blocking(self._timed_run, model, req)
-        chunks, out_len = oip.encode_infer_response(
-            model.info.name, outputs, req.binary_outputs, req.request_id
+        body = await read_limited(receive, declared, limit, "inference request")
+        model_id = model.info.model_id
+        if (
+            len(body) <= INLINE_MAX_BODY
+            and self._run_time.get(model_id, 1.0) < INLINE_RUN_S
+            and model_id not in self._never_inline
+        ):
+            try:
+                return self._work(model, body, header_len, max_seconds=INLINE_MAX_SECONDS)
+            except LimitExceeded:
+                self._never_inline.add(model_id)  # and run it again below, on a worker
+        return await state.run_cancellable(
+            lambda on_start: self._work(model, body, header_len, on_start), receive
         )
-        if out_len is None:
-            return 200, [(b"content-type", b"application/json")], chunks[0]  # type: ignore[return-value]
-        headers = [
-            (b"content-type", oip.BINARY_CONTENT_TYPE.encode()),
-            (oip.HEADER_LENGTH.encode(), str(out_len).encode()),
-        ]
-        return 200, headers, b"".join(chunks)
 
 
 def _int(value: bytes, name: str) -> int:

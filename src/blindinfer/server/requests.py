@@ -58,26 +58,38 @@ def content_length(raw: str | bytes | None) -> int | None:
         raise InvalidInput("Content-Length is not a number") from None
 
 
+# A declared Content-Length is only a claim: at most this much is allocated before the bytes
+# arrive (a silent peer declaring 64 MiB used to cost 64 MiB, zero-filled, for as long as it
+# stayed connected). Requests up to this size still land in one buffer with no growing copy.
+PREALLOCATE_MAX = 4 * 1024 * 1024
+
+
 async def read_limited(receive: Receive, declared: int | None, limit: int, what: str) -> bytearray:
-    """Read a body, refusing it as soon as it passes ``limit``. With a Content-Length it lands
-    in one preallocated buffer (no growing copies: tensors are then viewed in place)."""
+    """Read a body, refusing it as soon as it passes ``limit``. Memory follows the bytes that
+    arrived, never the length the peer declared (see ``PREALLOCATE_MAX``)."""
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"the {what} is {declared} bytes, over the server limit of {limit}")
-    buf = bytearray(declared or 0)
+    if declared is not None and declared < 0:
+        raise InvalidInput("Content-Length is negative")
+    buf = bytearray(min(declared or 0, PREALLOCATE_MAX))
     pos = 0
     more = True
     while more:
         message = await receive()
+        if message.get("type") == "http.disconnect":
+            raise InvalidInput("the client went away before sending the whole body")
         chunk = message.get("body", b"")
         end = pos + len(chunk)
         if declared is None:
             if end > limit:
                 raise PayloadTooLarge(f"the {what} is over the server limit of {limit} bytes")
-            buf += chunk
         elif end > declared:
             raise InvalidInput("the body is longer than its Content-Length")
-        else:
+        if end <= len(buf):
             buf[pos:end] = chunk
+        else:
+            del buf[pos:]
+            buf += chunk
         pos = end
         more = message.get("more_body", False)
     if declared is not None and pos != declared:

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -27,6 +28,7 @@ from blindinfer.errors import ConfigError
 from blindinfer.server.app import build_app
 from blindinfer.server.coalesce import coalescing
 from blindinfer.server.config import Settings
+from blindinfer.server.protocol import ConnectionLimits, guarded
 from blindinfer.server.state import Listener, ServerState
 from blindinfer.server.tls import generate_identity
 from blindinfer.storage.sealed import SealedStore
@@ -66,13 +68,27 @@ def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, 
     return digest, token
 
 
+def enter_empty_directory(data_dir: Path) -> None:
+    """Make the working directory an empty one that only this process may write.
+
+    onnxruntime resolves a model's relative external-data paths against the working directory
+    when the model comes as bytes. Validation refuses every such reference; this is the second
+    wall: even one that slipped through would find nothing to read."""
+    empty = data_dir / "empty"
+    empty.mkdir(mode=0o500, exist_ok=True)
+    for leftover in empty.iterdir():
+        raise ConfigError(f"{empty} must stay empty (found {leftover.name}); remove what is in it")
+    os.chmod(empty, 0o500)
+    os.chdir(empty)
+
+
 def build_state(
     settings: Settings, backend: TeeBackend | None = None
 ) -> tuple[ServerState, str | None]:
     """Everything but the sockets. Returns the state and a freshly generated owner token.
 
     ``backend`` replaces the one ``settings.tee`` names (tests drive emulated devices)."""
-    data_dir = settings.data_dir
+    data_dir = settings.data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if backend is None:
         backend = create_backend(settings.tee, data_dir, **settings.tee_options)
@@ -84,6 +100,9 @@ def build_state(
             max_models=settings.max_models,
             max_model_size=settings.max_model_size,
             intra_op_threads=settings.intra_op_threads,
+            max_run_seconds=settings.max_run_seconds,
+            max_run_memory=settings.max_run_memory,
+            max_load_seconds=settings.max_load_seconds,
         ),
     )
 
@@ -103,6 +122,14 @@ def build_state(
     return state, new_token
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        timeout=settings.idle_timeout,
+        max_head=settings.max_header_size,
+        max_connections=settings.max_connections,
+    )
+
+
 def listeners(state: ServerState) -> list[Listener]:
     s = state.settings
     out = [
@@ -112,7 +139,7 @@ def listeners(state: ServerState) -> list[Listener]:
             s.host,
             s.port,
             state.tls.server_context(),
-            http_protocol=coalescing(HttpToolsProtocol),
+            http_protocol=guarded(coalescing(HttpToolsProtocol), connection_limits(s)),
         )
     ]
     if s.blindai_compat:
@@ -122,19 +149,19 @@ def listeners(state: ServerState) -> list[Listener]:
     return out
 
 
-def _uvicorn_server(listener: Listener, log_level: str) -> uvicorn.Server:
+def _uvicorn_server(listener: Listener, settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(
         listener.app,  # type: ignore[arg-type]
         host=listener.host,
         port=listener.port,
-        log_level=log_level,
+        log_level=settings.log_level,
         access_log=False,  # paths and timing only would be safe, but keep the hot path lean
         server_header=False,
         proxy_headers=False,  # inside a TEE, X-Forwarded-* from the operator means nothing
         date_header=False,
         lifespan="off",
         http=listener.http_protocol or "auto",  # type: ignore[arg-type]
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=64 * 1024,
     )
@@ -187,7 +214,7 @@ async def serve_state(
     chosen = listeners(state)
     # Bind every socket first: a port in use is then one clear error, before anything serves.
     sockets = [_bind(lst) for lst in chosen]
-    servers = [_uvicorn_server(lst, state.settings.log_level) for lst in chosen]
+    servers = [_uvicorn_server(lst, state.settings) for lst in chosen]
     tasks = [
         asyncio.create_task(srv.serve(sockets=[sock]))
         for srv, sock in zip(servers, sockets, strict=True)
@@ -210,6 +237,8 @@ async def serve_state(
             loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    # Runs in flight stop at their next node, so shutdown never waits on a long run.
+    state.registry.watchdog.stop_all("shutdown")
     for srv in servers:
         srv.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -242,11 +271,33 @@ def serve(settings: Settings) -> None:
         stream=sys.stderr,
     )
     state, token = build_state(settings)
+    enter_empty_directory(state.settings.data_dir)
     try:
         _run(serve_state(state, token))
     finally:
+        state.registry.watchdog.stop_all("shutdown")
         state.executor.shutdown(wait=False, cancel_futures=True)
         state.attest_executor.shutdown(wait=False, cancel_futures=True)
+        _exit_after(SHUTDOWN_GRACE_S)
+
+
+# After the listeners have closed, worker threads get this long to finish (a run stops at its
+# next node; one node of a hostile model can still take a while) before the process exits.
+SHUTDOWN_GRACE_S = 5.0
+
+
+def _exit_after(seconds: float) -> None:
+    """Interpreter exit joins executor threads; a thread stuck in a long onnxruntime node must
+    not keep a stopped server alive, so a daemon timer ends the process past the grace time."""
+
+    def force() -> None:
+        log.warning("worker threads still busy %.0f s after shutdown; exiting", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def _run(coro: Any) -> None:

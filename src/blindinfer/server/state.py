@@ -7,19 +7,21 @@ import hashlib
 import hmac
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from blindinfer.attestation.binding import report_data_for
 from blindinfer.attestation.claims import Evidence
+from blindinfer.engine.limits import RunHandle
 from blindinfer.engine.registry import ModelRegistry
 from blindinfer.server.config import Settings
 from blindinfer.server.tls import TlsIdentity
 from blindinfer.tee.base import TeeBackend
 
 T = TypeVar("T")
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 # Startup evidence is re-generated this often, so collateral attached to it stays fresh.
 EVIDENCE_MAX_AGE_S = 3600.0
@@ -66,6 +68,24 @@ class ServerState:
     async def evidence_async(self, nonce: bytes | None = None) -> Evidence:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.attest_executor, self.evidence, nonce)
+
+    async def run_cancellable(
+        self, work: Callable[[Callable[[RunHandle], None]], T], receive: Receive
+    ) -> T:
+        """Run ``work(on_start)`` on a worker; if the client disconnects meanwhile, the run it
+        started (``on_start`` gets its handle) is stopped and the worker is free again."""
+        handles: list[RunHandle] = []
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, work, handles.append)
+        watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        try:
+            done, _ = await asyncio.wait([future, watcher], return_when=asyncio.FIRST_COMPLETED)
+            if future not in done and watcher.result().get("type") == "http.disconnect":
+                for handle in handles:
+                    handle.stop("cancelled")
+            return await future
+        finally:
+            watcher.cancel()
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking work (inference, model loading, evidence) off the event loop."""

@@ -50,6 +50,14 @@ class SealedStore:
         self._key = key
         self._aead = AESGCM(key)
         directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """A crash (or a full disk) mid-write leaves ``<id>.tmp``: never a stored model, since
+        only a complete, fsynced file is renamed into place. Remove them at start."""
+        for tmp in self.directory.glob("*.tmp"):
+            if _ID_RE.match(tmp.stem):
+                tmp.unlink(missing_ok=True)
 
     def _path(self, model_id: str) -> Path:
         if not _ID_RE.match(model_id):
@@ -66,16 +74,20 @@ class SealedStore:
         path = self._path(model_id)
         tmp = path.with_suffix(".tmp")
         view = memoryview(data)
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + nonce)
-            f.write(enc.update(struct.pack(">I", len(header)) + header))
-            for start in range(0, len(view), _CHUNK):
-                f.write(enc.update(view[start : start + _CHUNK]))
-            f.write(enc.finalize())
-            f.write(enc.tag)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(MAGIC + nonce)
+                f.write(enc.update(struct.pack(">I", len(header)) + header))
+                for start in range(0, len(view), _CHUNK):
+                    f.write(enc.update(view[start : start + _CHUNK]))
+                f.write(enc.finalize())
+                f.write(enc.tag)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave half a model behind
+            raise
 
     def get(self, model_id: str) -> StoredModel:
         path = self._path(model_id)

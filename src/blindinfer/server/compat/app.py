@@ -3,11 +3,9 @@ package docstring for the protocol)."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import cbor2
 import numpy as np
@@ -27,7 +25,7 @@ from blindinfer.errors import (
     ServerError,
     Unauthorized,
 )
-from blindinfer.server.app import read_body
+from blindinfer.server.app import quiet, read_body
 from blindinfer.server.compat.codec import (
     CBOR_NULL,
     SMALL_ITEM_LIMIT,
@@ -41,6 +39,7 @@ from blindinfer.server.compat.codec import (
 )
 from blindinfer.server.compat.collateral import blindai_collateral
 from blindinfer.server.compat.sniff import _uvicorn_http_protocol, sniffing_protocol
+from blindinfer.server.protocol import guarded
 from blindinfer.server.state import Listener, ServerState
 from blindinfer.wire.tensors import from_wire_bytes
 
@@ -101,6 +100,14 @@ def _add_model(registry: ModelRegistry, data: bytes, name: str | None) -> ModelI
         return registry.add(data, name=None)  # the name was taken meanwhile
 
 
+def _token_needed() -> Unauthorized:
+    return Unauthorized(
+        "this model needs a token to run (restricted model or run_token set), which the BlindAI "
+        "0.6 client cannot send; use the blindinfer SDK",
+        403,
+    )
+
+
 class _Handlers:
     def __init__(self, state: ServerState) -> None:
         self.state = state
@@ -138,18 +145,19 @@ class _Handlers:
 
     async def run(self, request: Request) -> Response:
         state = self.state
+        # Access first, before a body byte is read: the BlindAI client cannot send a token.
+        if state.settings.run_token is not None:
+            raise _token_needed()
         body = await read_body(request, state.settings.max_request_size, "RunModel request")
         req = decode_run(body)
         del body
         model = state.registry.resolve(req.ref)
-        if model.info.restricted or state.settings.run_token is not None:
-            raise Unauthorized(
-                "this model needs a token to run (restricted model or run_token set), which the "
-                "BlindAI 0.6 client cannot send; use the blindinfer SDK",
-                403,
-            )
+        if model.info.restricted:
+            raise _token_needed()
         inputs = _bind_inputs(model, req.inputs)
-        outputs = await state.run_blocking(state.registry.run, model, inputs)
+        outputs = await state.run_cancellable(
+            lambda on_start: state.registry.run(model, inputs, None, on_start), request.receive
+        )
         return self.cbor(encode_run_reply(list(outputs.items())))
 
     # -- management ----------------------------------------------------------------------------
@@ -189,7 +197,7 @@ class _Handlers:
         return self.cbor(encode_error(text), exc.status_code)
 
     async def on_unexpected(self, request: Request, exc: Exception) -> Response:
-        log.error("internal error on BlindAI %s: %s", request.url.path, type(exc).__name__)
+        # Logged (type only) by ``quiet`` once Starlette re-raises it.
         return self.cbor(encode_error("internal server error"), 500)
 
     def app(self, routes: list[Route]) -> Starlette:
@@ -240,7 +248,7 @@ def build_compat_listeners(state: ServerState) -> list[Listener]:
     """The three BlindAI 0.6 listeners: unattested (HTTP and HTTPS), attested and management."""
     s = state.settings
     unattested_port, attested_port, management_port = s.blindai_ports
-    unattested, attested, management = build_compat_apps(state)
+    unattested, attested, management = (quiet(app, "BlindAI") for app in build_compat_apps(state))
     if not _is_loopback(s.blindai_management_host):
         log.warning(
             "the BlindAI management port %s:%d has no authentication (as in BlindAI 0.6): anyone "
@@ -248,21 +256,21 @@ def build_compat_listeners(state: ServerState) -> list[Listener]:
             s.blindai_management_host,
             management_port,
         )
-    extra: dict[str, Any] = {}
-    if "http_protocol" in {f.name for f in dataclasses.fields(Listener)}:
-        extra["http_protocol"] = sniffing_protocol(
-            _uvicorn_http_protocol(), state.tls.server_context()
-        )
+    from blindinfer.server.runner import connection_limits
+
+    limits = connection_limits(s)
+    http = guarded(_uvicorn_http_protocol(), limits)
+    sniffing = sniffing_protocol(http, state.tls.server_context(), limits.timeout)
+    tls = state.tls.server_context
     return [
-        Listener("blindai-unattested", unattested, s.blindai_host, unattested_port, None, **extra),
-        Listener(
-            "blindai-attested", attested, s.blindai_host, attested_port, state.tls.server_context()
-        ),
+        Listener("blindai-unattested", unattested, s.blindai_host, unattested_port, None, sniffing),
+        Listener("blindai-attested", attested, s.blindai_host, attested_port, tls(), http),
         Listener(
             "blindai-management",
             management,
             s.blindai_management_host,
             management_port,
-            state.tls.server_context(),
+            tls(),
+            http,
         ),
     ]

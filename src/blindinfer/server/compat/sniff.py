@@ -43,7 +43,9 @@ def _start_tls_with(
         view = view[n:]
 
 
-def sniffing_protocol(base: type[asyncio.Protocol], context: ssl.SSLContext) -> type:
+def sniffing_protocol(
+    base: type[asyncio.Protocol], context: ssl.SSLContext, first_byte_timeout: float = 30.0
+) -> type:
     """A uvicorn HTTP protocol class that serves both plain HTTP and HTTPS on one port.
 
     The first bytes of each connection decide: a TLS handshake record (content type 0x16,
@@ -59,12 +61,26 @@ def sniffing_protocol(base: type[asyncio.Protocol], context: ssl.SSLContext) -> 
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self._transport = cast(asyncio.Transport, transport)  # uvloop's: not subclasses
+            # A peer that connects and says nothing is dropped (the TLS layer and ``base`` have
+            # their own timeouts once the first byte has decided which one serves it).
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(first_byte_timeout, self._silent)
+
+        def _silent(self) -> None:
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._timer.cancel()
+            self._transport = None
 
         def data_received(self, data: bytes) -> None:
             transport = self._transport
             if transport is None or not data:
                 return
             self._transport = None
+            self._timer.cancel()
             inner = base(*self._args, **self._kwargs)
             if data[0] == TLS_HANDSHAKE:
                 _start_tls_with(transport, inner, context, data)

@@ -1,0 +1,141 @@
+"""Connection limits uvicorn's httptools protocol does not have: a request-head size limit,
+header/body/idle timeouts from the first byte on, and a cap on open connections.
+
+Measured before this layer: a 200 MB header line was buffered whole (httptools accumulates a
+header value until its end), a connection that completed TLS and then stayed silent or trickled
+one byte at a time was held forever, and connections were not capped. Each connection moves
+through four phases:
+
+    idle  (waiting for a request; keep-alive)  -> head (bytes of a request head are arriving)
+    head  (must complete within ``timeout`` of the request's first byte, <= ``max_head`` bytes)
+    body  (each chunk must follow the previous one within ``timeout``)
+    app   (the request is being served: run limits apply there, not here)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    timeout: float = 30.0
+    max_head: int = 64 * 1024
+    max_connections: int = 4096
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
+    """A subclass of a uvicorn HTTP protocol class that enforces ``limits``."""
+
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        _limits = limits
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._phase = "idle"
+            self._head_bytes = 0
+            self._timer: asyncio.TimerHandle | None = None
+            self._refused = False
+            super().connection_made(transport)
+            if len(self.connections) > self._limits.max_connections:
+                self._refuse(503, "Service Unavailable", "the server has too many connections")
+                return
+            self._arm()
+
+        # --- timers ---------------------------------------------------------------------------
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(self._limits.timeout, self._on_timeout)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _on_timeout(self) -> None:
+            self._timer = None
+            if self._phase in ("head", "body"):
+                self._refuse(
+                    408,
+                    "Request Timeout",
+                    f"the request did not arrive within {self._limits.timeout:g} s",
+                )
+            elif not self.transport.is_closing():
+                self.transport.close()
+
+        def _refuse(self, status: int, reason: str, message: str) -> None:
+            self._refused = True
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.write(_raw_response(status, reason, message))
+                self.transport.close()
+
+        # --- parser feed and callbacks --------------------------------------------------------
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            counting = self._phase in ("idle", "head")
+            if self._phase == "idle":
+                self._phase = "head"
+                self._head_bytes = 0
+                self._arm()  # the whole head must arrive within the timeout
+            if counting:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if counting and self._phase == "head" and self._head_bytes > self._limits.max_head:
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    f"the request head is over {self._limits.max_head} bytes",
+                )
+
+        def on_headers_complete(self) -> None:
+            self._phase = "body"
+            self._arm()
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            self._arm()
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if self._phase == "drain":  # the rest of a body answered early has been read
+                self._phase = "idle"
+                self._disarm()
+            else:
+                self._phase = "app"
+                self._disarm()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            # uvicorn arms its keep-alive timer here (timeout_keep_alive = the same timeout).
+            if self._phase == "body":
+                # Answered before the body ended (413, 401): what follows is still that body,
+                # read and dropped under the body timeout, never counted as a request head.
+                self._phase = "drain"
+                super().on_response_complete()
+                self._arm()
+                return
+            self._phase = "idle"
+            self._disarm()
+            super().on_response_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    Guarded.__name__ = f"Guarded{base.__name__}"
+    return Guarded
