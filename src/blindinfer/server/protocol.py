@@ -27,6 +27,9 @@ class ConnectionLimits:
     max_connections: int = 4096
 
 
+ABORT_AFTER_S = 1.0
+
+
 def _raw_response(status: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     head = (
@@ -74,6 +77,7 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
                 )
             elif not self.transport.is_closing():
                 self.transport.close()
+                self.loop.call_later(ABORT_AFTER_S, self.transport.abort)
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
             self._refused = True
@@ -81,6 +85,9 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             if not self.transport.is_closing():
                 self.transport.write(_raw_response(status, reason, message))
                 self.transport.close()
+                # A TLS close waits for the peer's close_notify (up to 30 s in asyncio); a peer
+                # that keeps sending instead must not hold the connection that long.
+                self.loop.call_later(ABORT_AFTER_S, self.transport.abort)
 
         # --- parser feed and callbacks --------------------------------------------------------
 

@@ -61,7 +61,7 @@ def content_length(raw: str | bytes | None) -> int | None:
 # A declared Content-Length is only a claim: at most this much is allocated before the bytes
 # arrive (a silent peer declaring 64 MiB used to cost 64 MiB, zero-filled, for as long as it
 # stayed connected). Requests up to this size still land in one buffer with no growing copy.
-PREALLOCATE_MAX = 4 * 1024 * 1024
+PREALLOCATE_MAX = 1024 * 1024
 
 
 async def read_limited(receive: Receive, declared: int | None, limit: int, what: str) -> bytearray:
