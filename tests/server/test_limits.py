@@ -3,6 +3,7 @@ connection limits (head size, idle/header/body timeouts, connection cap), lazy b
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import ssl
@@ -99,9 +100,7 @@ def test_loop_bomb_is_stopped_at_the_time_limit(conn: blindinfer.Connection) -> 
 
 def test_disconnect_cancels_the_run(conn: blindinfer.Connection, server: ServerProcess) -> None:
     """One worker: if the abandoned run kept it, the next worker-path call would wait."""
-    body = (
-        b'{"inputs":[{"name":"count","datatype":"INT64","shape":[],"data":[1000000000000]}]}'
-    )
+    body = b'{"inputs":[{"name":"count","datatype":"INT64","shape":[],"data":[1000000000000]}]}'
     head = (
         f"POST /v2/models/loop-bomb/infer HTTP/1.1\r\nhost: x\r\n"
         f"content-length: {len(body)}\r\ncontent-type: application/json\r\n\r\n"
@@ -223,11 +222,11 @@ def test_sigterm_exits_with_runs_in_flight(tmp_path: Path) -> None:
             c.upload_model(FIXTURES / "loop_bomb.onnx", name="loop-bomb")
 
         def hold() -> None:
-            with blindinfer.connect(srv.url, simulation_mode=True) as c2:
-                try:
-                    c2.run_model("loop-bomb", {"count": np.array(10**12, np.int64)})
-                except blindinfer.BlindInferError:
-                    pass
+            with (
+                blindinfer.connect(srv.url, simulation_mode=True) as c2,
+                contextlib.suppress(blindinfer.BlindInferError),
+            ):
+                c2.run_model("loop-bomb", {"count": np.array(10**12, np.int64)})
 
         threads = [threading.Thread(target=hold, daemon=True) for _ in range(2)]
         for t in threads:

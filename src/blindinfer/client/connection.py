@@ -33,6 +33,9 @@ from blindinfer.wire import oip
 TOKEN_ENV = "BLINDINFER_OWNER_TOKEN"
 DEFAULT_PORT = 8443
 UPLOAD_CHUNK = 1 << 20
+# Evidence plus collateral (DCAP: quote, PCK chain, TCB info, QE identity, CRLs) is a few tens of
+# KiB; AMD certificate chains similar. 8 MiB leaves room and bounds an unverified peer.
+EVIDENCE_MAX_BODY = 8 * 1024 * 1024
 
 
 # Returns the collateral to verify a piece of evidence with (instead of the server's).
@@ -93,8 +96,14 @@ def _resolve_policy(policy: Policy | str | Path | Mapping[str, Any] | None, sim:
 
 
 def _raise_for(reply: Reply) -> None:
-    if reply.status < 400:
+    if 200 <= reply.status < 300:
         return
+    if reply.status < 400:
+        # blindinfer never redirects: a 1xx/3xx is someone else answering (a proxy, a portal).
+        raise error_for_status(
+            reply.status,
+            f"unexpected HTTP {reply.status} from the server (redirects are not followed)",
+        )
     try:
         message = str(json.loads(reply.body)["error"])
     except (ValueError, KeyError, TypeError):
@@ -107,7 +116,8 @@ def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[
     path = "/blindinfer/v1/attestation" + (f"?nonce={nonce.hex()}" if nonce is not None else "")
     transport = Transport(base_url, evidence_context(), timeout)
     try:
-        reply = transport.request("GET", path, peer_certificate=True)
+        # The peer is not verified yet: take no more than evidence and collateral can need.
+        reply = transport.request("GET", path, peer_certificate=True, max_body=EVIDENCE_MAX_BODY)
     finally:
         transport.close()
     _raise_for(reply)

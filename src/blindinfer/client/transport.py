@@ -81,7 +81,7 @@ class _Conn:
         del self.buf[: end + 2]
         return line
 
-    def read_response(self) -> tuple[int, dict[str, str], bytes, bool]:
+    def read_response(self, max_body: int | None = None) -> tuple[int, dict[str, str], bytes, bool]:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             if len(self.buf) > _MAX_HEADER:
                 raise http.client.HTTPException("response header too long")
@@ -97,22 +97,26 @@ class _Conn:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         close = headers.get("connection", "").lower() == "close"
+        limit = _MAX_BODY if max_body is None else max_body
         if "content-length" in headers:
-            body = self._read_exact(int(headers["content-length"]))
+            length = _length(headers["content-length"], limit)
+            body = self._read_exact(length)
         elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = self._read_chunked()
+            body = self._read_chunked(limit)
         else:
             body = bytes(self.buf)
             self.buf.clear()
-            while data := self.sock.recv(262144):
+            while len(body) <= limit and (data := self.sock.recv(262144)):
                 body += data
+            if len(body) > limit:
+                raise http.client.HTTPException(f"response body over {limit} bytes")
             close = True
         return status, headers, body, close
 
-    def _read_chunked(self) -> bytes:
+    def _read_chunked(self, limit: int) -> bytes:
         out = bytearray()
         while True:
-            size = int(self._read_line().split(b";")[0], 16)
+            size = _length(self._read_line().split(b";")[0].strip(), limit - len(out), base=16)
             if size == 0:
                 while self._read_line():
                     pass  # trailers
@@ -122,6 +126,19 @@ class _Conn:
 
 
 _MAX_HEADER = 65536
+_MAX_BODY = 1 << 34  # no reply of ours comes near it; a bound on a lying Content-Length
+
+
+def _length(raw: str | bytes, limit: int, base: int = 10) -> int:
+    """A Content-Length or chunk size: digits only (no sign, no spaces), at most ``limit``."""
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    digits = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
+    if not text or len(text) > 20 or any(c not in digits for c in text):
+        raise http.client.HTTPException(f"malformed length {text[:30]!r} in the response")
+    value = int(text, base)
+    if value > limit:
+        raise http.client.HTTPException(f"response body of {value} bytes is over {limit}")
+    return value
 
 
 class Transport:
@@ -199,6 +216,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         *,
         peer_certificate: bool = False,
+        max_body: int | None = None,
     ) -> Reply:
         """Send one request; a stale pooled connection is replaced once, transparently."""
         head = self._head(method, path, body, headers)
@@ -206,7 +224,7 @@ class Transport:
             conn, reused = self._take()
             try:
                 conn.send(head, body)
-                status, reply_headers, data, close = conn.read_response()
+                status, reply_headers, data, close = conn.read_response(max_body)
             except _STALE as exc:
                 conn.close()
                 if reused and attempt == 0 and not _is_iterator(body):
