@@ -17,7 +17,7 @@ import pytest
 
 import blindinfer
 from blindinfer.errors import LimitExceeded, PayloadTooLarge
-from tests._server import ServerProcess, running_server
+from tests._server import ServerProcess, free_port, running_server
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 DEMO_X = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
@@ -242,3 +242,13 @@ def test_sigterm_exits_with_runs_in_flight(tmp_path: Path) -> None:
 def test_oversized_declared_body_is_refused_before_reading(conn: blindinfer.Connection) -> None:
     with pytest.raises(PayloadTooLarge):
         conn.run_model("demo", np.zeros((10_000_000, 4), np.float32))
+
+
+def test_blindai_run_checks_the_token_before_reading_the_body(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    args = ("--blindai-compat", "--blindai-ports", ",".join(map(str, ports)), "--run-token", "t")
+    with running_server(tmp_path, *args), tls_socket(ports[1]) as sock:
+        sock.sendall(b"POST /run HTTP/1.1\r\nhost: x\r\ncontent-length: 67108864\r\n\r\n")
+        sock.settimeout(10)
+        reply = sock.recv(4096)  # answered without a body byte sent
+    assert reply.startswith(b"HTTP/1.1 403"), reply[:80]
