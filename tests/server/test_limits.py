@@ -252,3 +252,34 @@ def test_blindai_run_checks_the_token_before_reading_the_body(tmp_path: Path) ->
         sock.settimeout(10)
         reply = sock.recv(4096)  # answered without a body byte sent
     assert reply.startswith(b"HTTP/1.1 403"), reply[:80]
+
+
+@pytest.mark.slow
+def test_big_response_to_a_slow_reader_is_not_cut(server: ServerProcess) -> None:
+    """A 12 MB response read at ~160 kB/s: over a minute, past the 2 s idle timeout plus the 30 s
+    a TLS close waits (which used to cut it mid-body)."""
+    from blindinfer.wire import oip
+
+    x = np.ones((1_000_000, 4), np.float32)
+    chunks, header_len = oip.encode_infer_request({"features": x})
+    body = b"".join(bytes(c) for c in chunks)
+    head = (
+        f"POST /v2/models/demo/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n"
+        f"inference-header-content-length: {header_len}\r\n\r\n"
+    ).encode()
+    with tls_socket(server.port, timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(head + body)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += sock.recv(65536)
+        head_end = got.index(b"\r\n\r\n")
+        lines = got[:head_end].lower().split(b"\r\n")
+        length = next(int(line[16:]) for line in lines if line.startswith(b"content-length: "))
+        received = len(got) - head_end - 4
+        while received < length:
+            chunk = sock.recv(256 * 1024)
+            assert chunk, f"cut after {received} of {length} bytes"
+            received += len(chunk)
+            time.sleep(0.1)
+    assert received == length > 12_000_000, got[:300]

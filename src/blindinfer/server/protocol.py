@@ -15,7 +15,11 @@ through four phases:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import struct
+import termios
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,20 @@ class ConnectionLimits:
 
 
 ABORT_AFTER_S = 1.0
+
+
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes written but not yet acknowledged by the peer: the transport's buffer plus the
+    kernel's send queue (TIOCOUTQ, Linux)."""
+    pending = 0
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        pending = int(transport.get_write_buffer_size())  # type: ignore[attr-defined]
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            pending += struct.unpack("i", raw)[0]
+    return pending
 
 
 def _raw_response(status: int, reason: str, message: str) -> bytes:
@@ -50,6 +68,7 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             self._head_bytes = 0
             self._timer: asyncio.TimerHandle | None = None
             self._refused = False
+            self._pending: int | None = None
             super().connection_made(transport)
             if len(self.connections) > self._limits.max_connections:
                 self._refuse(503, "Service Unavailable", "the server has too many connections")
@@ -139,6 +158,22 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             self._phase = "idle"
             self._disarm()
             super().on_response_complete()
+
+        def timeout_keep_alive_handler(self) -> None:
+            # uvicorn arms this when the app has *written* the response, not when the peer has
+            # read it: a big response to a slow reader would be cut mid-body. Wait while the
+            # peer keeps draining; a peer that stops reading for a whole timeout is dropped.
+            # (The TLS transport reports an empty write buffer while its own backlog is full,
+            # so progress is read off the kernel's send queue.)
+            pending = _unsent(self.transport)
+            if pending and pending != self._pending:
+                self._pending = pending
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+                return
+            self._pending = None
+            super().timeout_keep_alive_handler()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
