@@ -159,10 +159,11 @@ def _build_starlette(state: ServerState) -> Starlette:
             k: params.get(k, "false").lower() in ("1", "true", "yes")
             for k in ("replace", "restricted")
         }
-        data = bytes(await read_body(request, settings.max_model_size, "model"))
+        body = await read_body(request, settings.max_model_size, "model")
+        # bytes() copies the whole model: on a worker, not on the event loop.
         info = await state.run_blocking(
             lambda: registry.add(
-                data, name=name, replace=flags["replace"], restricted=flags["restricted"]
+                bytes(body), name=name, replace=flags["replace"], restricted=flags["restricted"]
             )
         )
         log.info("model %s uploaded (%d bytes, id %s)", info.name, info.size, info.model_id)
