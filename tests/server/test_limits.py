@@ -283,3 +283,21 @@ def test_big_response_to_a_slow_reader_is_not_cut(server: ServerProcess) -> None
             received += len(chunk)
             time.sleep(0.1)
     assert received == length > 12_000_000, got[:300]
+
+
+def test_hostile_corpus_is_refused_by_the_live_server(
+    conn: blindinfer.Connection, server: ServerProcess
+) -> None:
+    from blindinfer.errors import InvalidModel
+
+    # The file the models name, next to the server's data: the server runs in an empty
+    # directory, and validation refuses before onnxruntime could look anyway.
+    (server.data_dir / "secret.bin").write_bytes(b"ROOTSECRET")
+    (server.data_dir.parent / "secret.bin").write_bytes(b"ROOTSECRET")
+    files = sorted((FIXTURES / "hostile").glob("*.onnx"))
+    for path in files:
+        with pytest.raises(InvalidModel) as info:
+            conn.upload_model(path, name=f"hostile-{path.stem}".replace("_", "-"))
+        assert info.value.status == 422 and "ROOTSECRET" not in info.value.message
+    assert "hostile" not in str([m.name for m in conn.list_models()])
+    assert_still_serving(conn)
