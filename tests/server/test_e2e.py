@@ -310,11 +310,11 @@ def test_inputs_outputs_and_tokens_never_reach_the_log(tmp_path: Path) -> None:
             out = conn.run_model("demo", x)
             info = conn.upload_model(FIXTURES / "mlp.onnx", name="logged-name")
             conn.delete_model(info.model_id)
-            with _raw(srv, conn) as http:  # an error path that echoes the bad value to the caller
+            with _raw(srv, conn) as http:  # an error path that names the bad input
                 bad = {"inputs": [{"name": "features", "shape": [1, 1], "datatype": "INT8",
                                    "data": [marker]}]}  # fmt: skip
                 resp = http.post("/v2/models/demo/infer", json=bad)
-                assert resp.status_code == 400 and marker in resp.json()["error"]
+                assert resp.status_code == 400 and "INT8" in resp.json()["error"]
         log = srv.log()
     assert "logged-name" in log  # the log is really captured, at debug level
     probs = [f"{p:.5f}" for p in out["probabilities"][0]]

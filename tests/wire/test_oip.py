@@ -66,7 +66,7 @@ def test_big_endian_input_is_sent_little_endian() -> None:
                      {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}, b"",
          "given twice"),
         ({"inputs": [{"name": "x", "shape": [1], "datatype": "INT8", "data": ["a"]}]}, b"",
-         "not valid INT8"),
+         "not valid INT8: the values must be JSON numbers"),
         ({"inputs": [{"shape": [1]}]}, b"", "'name'"),
     ],
 )  # fmt: skip

@@ -6,6 +6,7 @@ Names are the Open Inference Protocol v2 datatypes (KServe "Tensor Data Types");
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -42,6 +43,12 @@ ONNX_TO_DATATYPE: Final[dict[str, str]] = {
     "tensor(double)": "FP64",
 }
 
+# numpy's own limit on dimensions (NPY_MAXDIMS); refused here with a message, not numpy's error.
+MAX_DIMS: Final = 64
+# numpy refuses an array whose non-zero dimensions multiply to more bytes than this, even when
+# another dimension is 0 (and its sizes are int64 anyway).
+MAX_TENSOR_BYTES: Final = 2**63 - 1
+
 _BY_NUMPY: Final[dict[np.dtype, str]] = {dt.newbyteorder("="): n for n, dt in DATATYPES.items()}
 
 
@@ -66,9 +73,29 @@ def numpy_dtype(datatype: str) -> np.dtype:
         ) from None
 
 
+def element_count(shape: Sequence[int], itemsize: int = 1) -> int:
+    """Number of elements of a tensor of ``shape``; ValueError naming the problem when no numpy
+    array can have that shape (negative or too many dimensions, sizes past int64)."""
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"the shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    volume = itemsize  # bytes of the non-zero dimensions: bounded even for an empty tensor
+    for i, dim in enumerate(shape):
+        if dim < 0:
+            raise ValueError(f"dimension {i} of the shape is negative")
+        volume *= max(dim, 1)
+        if volume > MAX_TENSOR_BYTES:
+            raise ValueError(
+                f"the shape is too large: its dimensions multiply to more than {MAX_TENSOR_BYTES} "
+                "bytes"
+            )
+    return 0 if 0 in shape else volume // itemsize
+
+
 def to_wire_bytes(array: np.ndarray) -> bytes | memoryview:
     """Raw little-endian C-order bytes of an array (zero-copy when already in that layout)."""
     dt = DATATYPES[datatype_of(array)]
+    if array.size == 0:
+        return b""  # memoryview cannot cast a view with a 0 in its shape
     if array.dtype != dt or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=dt)
     return memoryview(array.data).cast("B")
@@ -79,14 +106,10 @@ def from_wire_bytes(
 ) -> np.ndarray:
     """Array view over raw bytes (no per-element work); ValueError if the size does not match."""
     dt = numpy_dtype(datatype)
-    count = 1
-    for dim in shape:
-        if dim < 0:
-            raise ValueError(f"negative dimension in shape {list(shape)}")
-        count *= dim
-    if len(data) != count * dt.itemsize:
+    expected = element_count(shape, dt.itemsize) * dt.itemsize
+    if len(data) != expected:
         raise ValueError(
             f"{len(data)} bytes of data do not make a {datatype} tensor of shape {list(shape)} "
-            f"({count * dt.itemsize} bytes expected)"
+            f"({expected} bytes expected)"
         )
     return np.frombuffer(data, dtype=dt).reshape(shape)

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import cbor2
 import numpy as np
 
 from blindinfer.errors import (
@@ -31,6 +30,7 @@ _DATUM_BY_DATATYPE: Final[dict[str, int]] = {dt: i for i, dt in enumerate(DATUM_
 _DATUM_BY_NAME: Final[dict[str, int]] = {n.upper(): i for i, n in enumerate(DATUM_NAMES)}
 
 SMALL_ITEM_LIMIT = 64 * 1024  # any field but the model itself
+MAX_ID_LENGTH = 256  # model ids are 36 characters, names at most 128, hashes 64
 BODY_OVERHEAD = 1024 * 1024  # what an upload body may hold beyond the model's 1-2 bytes per byte
 MAX_SMALL_DEPTH = 8
 MAX_DIMS = 32
@@ -44,7 +44,10 @@ class _NeedMore(Exception):
     """The buffer ends inside the item being decoded; feed more bytes."""
 
 
-def _head(buf: bytes | bytearray, pos: int) -> tuple[int, int, int, int]:
+Buffer = bytes | bytearray  # what the decoders read (indexing and slicing bytes is fastest)
+
+
+def _head(buf: Buffer, pos: int) -> tuple[int, int, int, int]:
     """Initial byte and argument (RFC 8949 section 3): (major, info, argument, next position).
 
     ``argument`` is -1 for an indefinite length (additional information 31)."""
@@ -64,63 +67,105 @@ def _head(buf: bytes | bytearray, pos: int) -> tuple[int, int, int, int]:
     raise InvalidInput(f"malformed CBOR: initial byte {initial:#04x} is not well-formed")
 
 
+_SIMPLE: Final[dict[int, object]] = {20: False, 21: True, 22: None, 23: None}
+_FLOATS: Final = {25: struct.Struct(">e"), 26: struct.Struct(">f"), 27: struct.Struct(">d")}
+
+
 def _simple(info: int, arg: int) -> object:
     """Major type 7 (RFC 8949 section 3.3): false, true, null, undefined and floats."""
-    simple = {20: False, 21: True, 22: None, 23: None}
-    if info < 24 and info in simple:
-        return simple[info]
-    fmt = {25: ">e", 26: ">f", 27: ">d"}.get(info)
+    if info in _SIMPLE:
+        return _SIMPLE[info]
+    fmt = _FLOATS.get(info)
     if fmt is None:
         raise InvalidInput(f"unsupported CBOR simple value (additional information {info})")
-    size = struct.calcsize(fmt)
-    return struct.unpack(fmt, arg.to_bytes(size, "big"))[0]
+    return fmt.unpack(arg.to_bytes(fmt.size, "big"))[0]
 
 
-def _small_item(buf: bytes | bytearray, pos: int, depth: int = 0) -> tuple[object, int]:
-    """Decode one complete small item (ints, strings, bools, null, floats, arrays, maps)."""
-    if depth > MAX_SMALL_DEPTH:
-        raise InvalidInput("CBOR item nested too deeply")
-    major, info, arg, pos = _head(buf, pos)
-    if major == 0:
-        return arg, pos
-    if major == 1:
-        return -1 - arg, pos
-    if major == 7:
-        return _simple(info, arg), pos
-    if arg < 0:
-        raise InvalidInput("indefinite-length CBOR items are not supported in this message")
-    if major in (2, 3):
+def _small_item(
+    buf: Buffer, pos: int, depth: int = 0, view: memoryview | None = None
+) -> tuple[object, int]:
+    """Decode one complete small item (ints, strings, bools, null, floats, arrays, maps).
+
+    Bounded work whatever the lengths declared: nesting stops at MAX_SMALL_DEPTH, and every
+    element of an array or map uses at least one byte of ``buf``, so a declared count past the
+    bytes at hand ends in ``_NeedMore`` (nothing is allocated ahead of the bytes). Tags and
+    indefinite lengths are refused. Given ``view`` (a memoryview of ``buf``), byte strings come
+    back as views into it, not copies. (Hot on every RunModel: common heads are inline.)"""
+    if pos >= len(buf):
+        raise _NeedMore
+    major, info = buf[pos] >> 5, buf[pos] & 0x1F
+    if info < 24:
+        arg, pos = info, pos + 1
+    else:
+        major, info, arg, pos = _head(buf, pos)
+    if major == 3 or major == 2:
+        if arg < 0:
+            raise InvalidInput("indefinite-length CBOR strings are not supported here")
         end = pos + arg
         if end > len(buf):
             raise _NeedMore
-        raw = bytes(buf[pos:end])
         if major == 2:
-            return raw, end
+            return (bytes(buf[pos:end]) if view is None else view[pos:end]), end
         try:
-            return raw.decode("utf-8"), end
+            return buf[pos:end].decode("utf-8"), end
         except UnicodeDecodeError:
             raise InvalidInput("a CBOR text string is not valid UTF-8") from None
-    if major == 4:
+    if major == 0:
+        return arg, pos
+    if major == 4 or major == 5:
+        if arg < 0:
+            raise InvalidInput("indefinite-length CBOR arrays and maps are not supported here")
+        if depth >= MAX_SMALL_DEPTH:
+            raise InvalidInput(f"CBOR items nested more than {MAX_SMALL_DEPTH} levels deep")
+        if major == 5:
+            return _small_map(buf, pos, arg, depth + 1, view)
         items = []
         for _ in range(arg):
-            item, pos = _small_item(buf, pos, depth + 1)
+            item, pos = _small_item(buf, pos, depth + 1, view)
             items.append(item)
         return items, pos
-    if major == 5:
-        entries: dict[object, object] = {}
-        for _ in range(arg):
-            key, pos = _small_item(buf, pos, depth + 1)
-            value, pos = _small_item(buf, pos, depth + 1)
-            if not isinstance(key, str | int):
-                raise InvalidInput("CBOR map keys must be text or integers here")
-            entries[key] = value
-        return entries, pos
+    if major == 7:
+        return _simple(info, arg), pos
+    if major == 1:
+        return -1 - arg, pos
     raise InvalidInput("CBOR tags are not supported in BlindAI messages")
+
+
+def _small_map(
+    buf: Buffer, pos: int, count: int, depth: int, view: memoryview | None
+) -> tuple[dict[object, object], int]:
+    entries: dict[object, object] = {}
+    for _ in range(count):
+        initial = buf[pos] if pos < len(buf) else 0
+        if 0x60 <= initial <= 0x77:  # a text key under 24 bytes, as every BlindAI key is
+            end = pos + 1 + (initial - 0x60)
+            if end > len(buf):
+                raise _NeedMore
+            try:
+                key: object = buf[pos + 1 : end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("a CBOR text string is not valid UTF-8") from None
+            pos = end
+        else:
+            key, pos = _small_item(buf, pos, depth, view)
+            if not isinstance(key, (str, int)):  # a tuple: faster than str | int
+                raise InvalidInput("CBOR map keys must be text or integers here")
+        if key in entries:
+            raise InvalidInput(f"the CBOR map key {_shown(key)} appears twice")
+        entries[key], pos = _small_item(buf, pos, depth, view)
+    return entries, pos
+
+
+def _shown(value: object) -> str:
+    """A client-sent value as quoted in an error message (bounded)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- CBOR: the model as an array of unsigned integers 0..255 -----------------------------------
 
 _WINDOW = 1 << 20  # bytes decoded per numpy pass
+_MODEL_FIRST_ALLOC = 1 << 20  # the model buffer starts at this size and doubles as bytes arrive
 _MIN_BATCH = 256 * 1024  # wait for this much before a pass (fewer, larger numpy calls)
 
 
@@ -202,10 +247,11 @@ class UploadDecoder:
     """Incremental decoder of the 0.6 ``UploadModel`` message (a CBOR map).
 
     ``{"model": [uint 0..255, ...], "length": uint, "model_name": text, "optimize": bool,
-    "client_info": map}`` in any key order. The model array is written into one preallocated
-    buffer as it streams in; every element is checked to be 0..255, the real byte count (not the
-    declared ``length``) is held to ``max_model_size``, and the body to twice that plus 1 MiB. A
-    definite-length byte string is accepted for ``model`` too. Feed chunks, then ``finish()``.
+    "client_info": map}`` in any key order. The model array is written into one buffer as it
+    streams in, grown with the bytes that arrived (never to a declared length ahead of them);
+    every element is checked to be 0..255, the real byte count (not the declared ``length``) is
+    held to ``max_model_size``, and the body to twice that plus 1 MiB. A definite-length byte
+    string is accepted for ``model`` too. Feed chunks, then ``finish()``.
     """
 
     def __init__(self, max_model_size: int) -> None:
@@ -221,6 +267,7 @@ class UploadDecoder:
         self._written = 0
         self._remaining = 0
         self._pending = False
+        self._retry_at = 0  # an incomplete item is decoded again once the buffer is this long
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -245,7 +292,7 @@ class UploadDecoder:
             raise InvalidInput(f"{len(self._buf)} unexpected byte(s) after the UploadModel map")
         if self._model is None:
             raise InvalidInput("the UploadModel message has no 'model' field")
-        model = self._model.tobytes()
+        model = self._model[: self._written].tobytes()
         self._model = None
         return UploadRequest(model, *self._checked_fields(len(model)))
 
@@ -268,6 +315,8 @@ class UploadDecoder:
             _ARRAY: self._array,
             _BYTES: self._bytes,
         }
+        if not final and len(self._buf) < self._retry_at:
+            return  # still short of what the last attempt found missing
         while self._state != _DONE:
             try:
                 if not step[self._state](final):
@@ -277,7 +326,11 @@ class UploadDecoder:
                     raise InvalidInput(
                         f"{self._where()} is over {SMALL_ITEM_LIMIT} bytes or malformed"
                     ) from None
+                # Decoding again on every chunk would be quadratic for a client that sends an
+                # item (up to SMALL_ITEM_LIMIT bytes) a byte at a time: wait for twice as much.
+                self._retry_at = min(2 * len(self._buf), SMALL_ITEM_LIMIT + 1)
                 break
+            self._retry_at = 0
         if self._state == _DONE and self._buf:
             raise InvalidInput(f"unexpected byte(s) after the UploadModel map: {len(self._buf)}")
 
@@ -331,18 +384,29 @@ class UploadDecoder:
                 "bytes (setting max_model_size)"
             )
         self._consume(pos)
-        # np.zeros is calloc: pages cost memory only once written, i.e. as real bytes arrive.
-        self._model = np.zeros(count, dtype=np.uint8)
+        self._model = np.empty(min(count, _MODEL_FIRST_ALLOC), dtype=np.uint8)
         self._remaining = count
         self._state = _ARRAY if major == 4 else _BYTES
         if count == 0:
             self._next_entry()
         return True
 
+    def _reserve(self, extra: int) -> np.ndarray:
+        """The model buffer, with room for ``extra`` more bytes: it grows (doubling) with the
+        bytes received, up to the declared count, never ahead of them."""
+        model = self._model
+        assert model is not None
+        need = self._written + extra
+        if need > len(model):
+            limit = self._written + self._remaining
+            grown = np.empty(min(limit, max(need, 2 * len(model))), dtype=np.uint8)
+            grown[: self._written] = model[: self._written]
+            self._model = model = grown
+        return model
+
     def _bytes(self, final: bool) -> bool:
-        assert self._model is not None
         take = min(len(self._buf), self._remaining)
-        self._model[self._written : self._written + take] = np.frombuffer(
+        self._reserve(take)[self._written : self._written + take] = np.frombuffer(
             self._buf, dtype=np.uint8, count=take
         )
         self._consume(take)
@@ -367,12 +431,10 @@ class UploadDecoder:
 
     def _array_pass(self, offset: int) -> int:
         """Decode one window of the buffer at ``offset``; returns the bytes used."""
-        out = self._model
-        assert out is not None
         avail = min(len(self._buf) - offset, _WINDOW)
         b = np.frombuffer(self._buf, dtype=np.uint8, count=avail, offset=offset)
         if self._pending:  # the argument byte of a 0x18 that ended the previous window
-            out[self._written] = b[0]
+            self._reserve(1)[self._written] = b[0]
             self._written += 1
             self._remaining -= 1
             self._pending = False
@@ -381,7 +443,7 @@ class UploadDecoder:
         if win.bad >= 0:
             raise _bad_element(int(b[win.bad]), self._written + win.bad_index)
         k = len(win.values)
-        out[self._written : self._written + k] = win.values
+        self._reserve(k)[self._written : self._written + k] = win.values
         self._written += k
         self._remaining -= k
         self._pending = win.pending
@@ -414,7 +476,7 @@ class InputTensor:
     datatype: str  # OIP datatype
     shape: tuple[int, ...]
     node_name: str | None
-    data: bytes
+    data: bytes | memoryview  # a view into the request body
 
 
 @dataclass(frozen=True)
@@ -424,16 +486,24 @@ class RunRequest:
     inputs: tuple[InputTensor, ...]
 
 
-def _loads(body: bytes | bytearray, what: str) -> object:
+def _message(body: bytes | bytearray, what: str) -> Mapping[object, object]:
+    """A complete RunModel / DeleteModel body: one CBOR map, nothing after it. Byte strings in
+    it are views into ``body`` (no copy of the tensors)."""
     try:
-        return cbor2.loads(body)
-    except Exception as exc:  # cbor2 raises several unrelated types on malformed input
-        raise InvalidInput(f"the {what} body is not valid CBOR: {exc}") from None
+        doc, end = _small_item(body, 0, view=memoryview(body))
+    except _NeedMore:
+        raise InvalidInput(
+            f"the {what} body is truncated or is not CBOR: it ended after {len(body)} bytes, "
+            "inside an item"
+        ) from None
+    if end != len(body):
+        raise InvalidInput(f"{len(body) - end} unexpected byte(s) after the {what} message")
+    return _map(doc, f"the {what} message")
 
 
 def _map(value: object, what: str) -> Mapping[object, object]:
     if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a CBOR map, got {type(value).__name__}")
+        raise InvalidInput(f"{what} must be a CBOR map, got {_cbor_type(value)}")
     return value
 
 
@@ -442,8 +512,26 @@ def _text_or_empty(doc: Mapping[object, object], key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InvalidInput(f"'{key}' must be a text string, got {type(value).__name__}")
+        raise InvalidInput(f"'{key}' must be a text string, got {_cbor_type(value)}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput(f"'{key}' is {len(value)} characters long, over {MAX_ID_LENGTH}")
     return value
+
+
+def _cbor_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {
+        int: "an integer",
+        float: "a float",
+        str: "a text string",
+        bytes: "a byte string",
+        memoryview: "a byte string",
+        list: "an array",
+        dict: "a map",
+    }.get(type(value), type(value).__name__)
 
 
 def _datum_type(value: object, where: str) -> str:
@@ -452,7 +540,7 @@ def _datum_type(value: object, where: str) -> str:
     if isinstance(value, str) and value.upper() in _DATUM_BY_NAME:
         return DATUM_TYPES[_DATUM_BY_NAME[value.upper()]]
     raise InvalidInput(
-        f"{where}: unknown datum_type {value!r}; BlindAI datum types are 0..10 "
+        f"{where}: unknown datum_type {_shown(value)}; BlindAI datum types are 0..10 "
         f"({', '.join(DATUM_NAMES)})"
     )
 
@@ -470,13 +558,13 @@ def _input_tensor(item: object, i: int) -> InputTensor:
     doc = _map(item, where)
     info = _map(doc.get("info"), f"{where} 'info'")
     data = doc.get("bytes_data")
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | memoryview):
         raise InvalidInput(f"{where}: 'bytes_data' must be a CBOR byte string")
     name = info.get("node_name")
     if name is not None and not isinstance(name, str):
         raise InvalidInput(f"{where}: 'node_name' must be a text string or null")
     if name is not None:
-        where = f"input {name!r}"
+        where = f"input {_shown(name)}"
     return InputTensor(
         _datum_type(info.get("datum_type"), where), _shape(info.get("fact"), where), name, data
     )
@@ -484,7 +572,7 @@ def _input_tensor(item: object, i: int) -> InputTensor:
 
 def decode_run(body: bytes | bytearray) -> RunRequest:
     """Parse a 0.6 ``RunModel``: exactly one of model_id / model_hash, a list of tensors."""
-    doc = _map(_loads(body, "RunModel"), "the RunModel message")
+    doc = _message(body, "RunModel")
     model_id = _text_or_empty(doc, "model_id")
     model_hash = _text_or_empty(doc, "model_hash")
     if bool(model_id) == bool(model_hash):
@@ -492,7 +580,7 @@ def decode_run(body: bytes | bytearray) -> RunRequest:
             "set exactly one of 'model_id' and 'model_hash' (both are "
             f"{'set' if model_id else 'empty'})"
         )
-    if model_hash and not _HEX64.match(model_hash):
+    if model_hash and not _HEX64.fullmatch(model_hash):
         raise InvalidInput(
             "'model_hash' must be the sha256 of the model as 64 hex digits, got "
             f"{model_hash[:80]!r}"
@@ -505,7 +593,7 @@ def decode_run(body: bytes | bytearray) -> RunRequest:
 
 
 def decode_delete(body: bytes | bytearray) -> str:
-    doc = _map(_loads(body, "DeleteModel"), "the DeleteModel message")
+    doc = _message(body, "DeleteModel")
     model_id = _text_or_empty(doc, "model_id")
     if not model_id:
         raise InvalidInput("'model_id' is missing or empty in the DeleteModel message")
