@@ -3,12 +3,15 @@ reply encoders and the SGX collateral mapping."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import cbor2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindinfer.attestation.claims import Evidence
 from blindinfer.errors import InvalidInput, PayloadTooLarge
@@ -328,3 +331,182 @@ def test_sgx_collateral_maps_onto_the_client_dataclass(vectors: Path) -> None:
     assert str(coll["pck_signing_chain"]).count("BEGIN CERTIFICATE") == 2
     with pytest.raises(InvalidInput, match="no DCAP collateral"):
         blindai_collateral(Evidence(kind="sgx", evidence=quote, collateral={}))
+
+
+# --- malformed and hostile CBOR (classes from tests/server/test_fuzz.py) -----------------------
+
+
+def _refused_by_run_and_delete(body: bytes, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        decode_run(body)
+    with pytest.raises(InvalidInput, match=fragment):
+        decode_delete(body)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "fragment"),
+    [
+        (b"\xc1", "tags are not supported"),  # a datetime
+        (b"\xd8\x23", "tags are not supported"),  # a regular expression cbor2 would compile
+        (b"\xd8\x24", "tags are not supported"),  # a MIME message cbor2 would parse
+        (b"\xd8\x1c", "tags are not supported"),  # shared values: cyclic structures
+        (b"\xd9\x01\x02", "tags are not supported"),  # a set
+        (b"\xc5", "tags are not supported"),  # a bigfloat
+    ],
+)
+def test_cbor_tags_are_refused(prefix: bytes, fragment: str) -> None:
+    _refused_by_run_and_delete(prefix + run_body(), fragment)
+    tagged_id = b"\xa1\x68model_id\xc2\x41\x01"  # {"model_id": bignum 1}
+    _refused_by_run_and_delete(tagged_id, "tags are not supported")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xbf\x68model_id\x61x\xff",  # indefinite map
+        b"\xa1\x68model_id\x7f\x61x\xff",  # indefinite text
+        b"\xa2\x68model_id\x61x\x66inputs\x9f\xff",  # indefinite array
+        b"\xa1\x6abytes_data\x5f\x41x\xff",  # indefinite byte string
+    ],
+)
+def test_indefinite_lengths_are_refused(body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="indefinite-length"):
+        decode_run(body)
+
+
+def test_deep_nesting_is_refused_at_once() -> None:
+    _refused_by_run_and_delete(b"\x81" * 100_000 + b"\x00", "nested more than 8 levels")
+    _refused_by_run_and_delete(b"\xa1\x00" * 100_000 + b"\x00", "nested more than 8 levels")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\x5b\xff\xff\xff\xff\xff\xff\xff\xff",  # byte string of 2**64 - 1 bytes
+        b"\x7b\x7f\xff\xff\xff\xff\xff\xff\xff",  # text of 2**63 - 1 bytes
+        b"\x9b\xff\xff\xff\xff\xff\xff\xff\xff",  # array of 2**64 - 1 items
+        b"\xbb\xff\xff\xff\xff\xff\xff\xff\xff",  # map of 2**64 - 1 entries
+    ],
+)
+def test_huge_declared_lengths_allocate_nothing(head: bytes) -> None:
+    import tracemalloc
+
+    filler = b"".join(b"\x19" + i.to_bytes(2, "big") for i in range(400))  # distinct uints
+    body = b"\xa1\x68model_id" + head + filler
+    tracemalloc.start()
+    with pytest.raises(InvalidInput, match="truncated"):
+        decode_run(body)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"\xa2\x68model_id\x61a\x68model_id\x61b", "'model_id' appears twice"),
+        (bytes(cbor2.dumps({"model_id": "x"})) + b"\x00", "1 unexpected byte"),
+        (b"\xa1\xf9\x3c\x00\x00", "keys must be text or integers"),  # a float key
+        (b"\xa1\x68model_id\xf8\xff", "unsupported CBOR simple value"),
+        (b"\xa1\x68model_id\xff", "unsupported CBOR simple value"),  # a lone break
+        (b"\xa1\x68model_id\x1c", "not well-formed"),
+        (b"\xa1\x68model_id\x62\xff\xfe", "not valid UTF-8"),
+        (bytes(cbor2.dumps({"model_id": "x" * 257})), "over 256"),
+        (bytes(cbor2.dumps({"model_id": b"demo"})), "must be a text string, got a byte string"),
+        (bytes(cbor2.dumps(["model_id"])), "must be a CBOR map, got an array"),
+    ],
+)
+def test_malformed_run_and_delete_messages(body: bytes, fragment: str) -> None:
+    _refused_by_run_and_delete(body, fragment)
+
+
+def test_run_tensors_are_views_into_the_body() -> None:
+    body = bytearray(run_body())
+    (t,) = decode_run(body).inputs
+    assert isinstance(t.data, memoryview) and t.data.obj is body
+    assert np.frombuffer(t.data, "<f4").tolist() == [0, 1, 2, 3]
+
+
+def test_zero_size_run_tensors_decode_and_reply() -> None:
+    body = run_body(inputs=[{"info": {"fact": [0, 4], "datum_type": 0}, "bytes_data": b""}])
+    assert decode_run(body).inputs[0].shape == (0, 4)
+    reply = cbor2.loads(encode_run_reply([("y", np.zeros((0, 3), np.float32))]))
+    assert reply["outputs"][0]["bytes_data"] == b""  # was a TypeError (0-size memoryview cast)
+    assert reply["outputs"][0]["info"]["fact"] == [0, 3]
+
+
+def test_error_messages_quote_client_values_bounded() -> None:
+    huge = "F" * 1_000_000
+    for datum in (huge, [0] * 1000, huge.encode()):
+        body = run_body(inputs=[{"info": {"fact": [1], "datum_type": datum}, "bytes_data": b""}])
+        with pytest.raises(InvalidInput) as info:
+            decode_run(body)
+        assert len(str(info.value)) < 300
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=st.binary(max_size=300))
+def test_arbitrary_bytes_only_ever_raise_invalid_input(body: bytes) -> None:
+    for decode_fn in (decode_run, decode_delete):
+        with contextlib.suppress(InvalidInput):
+            decode_fn(body)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_mutated_run_bodies_only_ever_raise_invalid_input(data: st.DataObject) -> None:
+    body = bytearray(run_body())
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        i = data.draw(st.integers(0, len(body)))
+        if op == "flip" and i < len(body):
+            body[i] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del body[i:]
+        else:
+            body[i:i] = data.draw(st.binary(min_size=1, max_size=9))
+    with contextlib.suppress(InvalidInput):
+        decode_run(bytes(body))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=300), chunk=st.integers(1, 64))
+def test_upload_decoder_only_ever_raises_4xx(body: bytes, chunk: int) -> None:
+    with contextlib.suppress(InvalidInput, PayloadTooLarge):
+        decode(body, limit=1000, chunk=chunk)
+
+
+def test_upload_memory_follows_the_bytes_received_not_the_declared_length() -> None:
+    import tracemalloc
+
+    for head in (b"\x9a\x1f\xff\xff\xff", b"\x5a\x1f\xff\xff\xff"):  # 512 MiB array / bytes
+        dec = UploadDecoder(512 * 1024**2)
+        tracemalloc.start()
+        dec.feed(b"\xa1\x65model" + head + b"\x01" * 1000)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 16 * 1024**2  # was np.zeros(declared): 512 MiB reserved per connection
+        with pytest.raises(InvalidInput, match="truncated"):
+            dec.finish()
+
+
+def test_upload_small_items_fed_a_byte_at_a_time_are_not_decoded_per_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decoding a pending item again on every byte was quadratic: 60 kB cost 60,000 decodes."""
+    attempts = 0
+    original = codec.UploadDecoder._map_value
+
+    def counting(self: UploadDecoder, final: bool) -> bool:
+        nonlocal attempts
+        attempts += 1
+        return original(self, final)
+
+    monkeypatch.setattr(codec.UploadDecoder, "_map_value", counting)
+    item = bytes(cbor2.dumps(list(range(20)) * 3000))  # about 60 kB
+    body = b"\xa2\x6bclient_info" + item + b"\x65model\x80"
+    dec = UploadDecoder(10**6)
+    for i in range(len(body)):
+        dec.feed(body[i : i + 1])
+    assert dec.finish().model == b""
+    assert attempts < 40

@@ -157,9 +157,15 @@ def _small_map(
 
 
 def _shown(value: object) -> str:
-    """A client-sent value as quoted in an error message (bounded)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A client-sent value as quoted in an error message: bounded, and cheap to build (never the
+    repr of a whole 64 MiB string)."""
+    if isinstance(value, list | dict):
+        return f"{_cbor_type(value)} of {len(value)} items"
+    if isinstance(value, str | bytes | memoryview):
+        head = value[:60]
+        text = repr(bytes(head) if isinstance(head, memoryview) else head)
+        return text + "..." if len(value) > 60 else text
+    return repr(value)[:80]
 
 
 # --- CBOR: the model as an array of unsigned integers 0..255 -----------------------------------
