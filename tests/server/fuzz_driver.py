@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import random
 import re
@@ -55,12 +56,19 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     method: str = "POST"
+    chunk: int = 0  # > 0: sent with Transfer-Encoding: chunked, in chunks of this size
 
     def wire(self) -> bytes:
         lines = [f"{self.method} {self.path} HTTP/1.1", "host: 127.0.0.1"]
-        lines.append(f"content-length: {len(self.body)}")
+        lines.append(
+            "transfer-encoding: chunked" if self.chunk else f"content-length: {len(self.body)}"
+        )
         lines += [f"{k}: {v}" for k, v in self.headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if not self.chunk:
+            return head + self.body
+        parts = [self.body[i : i + self.chunk] for i in range(0, len(self.body), self.chunk)]
+        return head + b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in parts) + b"0\r\n\r\n"
 
 
 @dataclass(frozen=True)
@@ -193,226 +201,81 @@ class Pool:
 
 # --- values that break parsers --------------------------------------------------------------------
 
+# fmt: off
 EVIL_SCALARS: tuple[Json, ...] = (
-    None,
-    True,
-    False,
-    0,
-    -1,
-    1,
-    3,
-    7,
-    255,
-    256,
-    2**31,
-    2**63 - 1,
-    2**63,
-    2**64 - 1,
-    2**64,
-    -(2**63) - 1,
-    10**30,
-    10**400,
-    1.5,
-    -0.0,
-    1e-310,
-    1e308,
-    -1e308,
-    3.5e38,
-    65504.0,
-    70000.0,
-    "",
-    "x",
-    "FP32",
-    "INT8",
-    "features",
-    "probabilities",
-    "\u0000",
-    "é€",
-    "[[[{{",
-    '\\"',
+    None, True, False, 0, -1, 1, 3, 7, 255, 256, 2**31, 2**63 - 1, 2**63, 2**64 - 1, 2**64,
+    -(2**63) - 1, 10**30, 10**400, 1.5, -0.0, 1e-310, 1e308, -1e308, 3.5e38, 65504.0, 70000.0,
+    "", "x", "FP32", "INT8", "features", "probabilities", "\u0000", "é€", "[[[{{", '\\"',
     "A" * 5000,
 )
 EVIL_SHAPES: tuple[Json, ...] = (
-    [],
-    [0],
-    [0, 4],
-    [0, 8],
-    [1, 0],
-    [0, 0],
-    [2, 0, 4],
-    [1, 4, 1],
-    [4],
-    [1, 5],
-    [2, 3],
-    [2**40, 2**40],
-    [2**63],
-    [2**64],
-    [2**62, 4],
-    [0, 2**70],
-    [2**31, 2**31, 2**31],
-    [-1, 4],
-    [1, -4],
-    [1.5, 4],
-    [1.0, 4],
-    [True, 4],
-    ["1", 4],
-    [None, 4],
-    [[1], 4],
-    [1] * 33,
-    [1] * 64,
-    [1] * 65,
-    [1] * 200,
-    [0] * 65,
-    {"0": 1},
-    "1,4",
-    4,
-    None,
+    [], [0], [0, 4], [0, 8], [1, 0], [0, 0], [2, 0, 4], [1, 4, 1], [4], [1, 5], [2, 3],
+    [2**40, 2**40], [2**63], [2**64], [2**62, 4], [0, 2**70], [2**31, 2**31, 2**31],
+    [-1, 4], [1, -4], [1.5, 4], [1.0, 4], [True, 4], ["1", 4], [None, 4], [[1], 4],
+    [1] * 33, [1] * 64, [1] * 65, [1] * 200, [0] * 65, {"0": 1}, "1,4", 4, None,
 )
 EVIL_DATATYPES: tuple[Json, ...] = (
-    *DATATYPES,
-    "BYTES",
-    "fp32",
-    "Fp32",
-    "",
-    "INT128",
-    "FP8",
-    "FLOAT",
-    "FP32 ",
-    "FP32\u0000",
-    7,
-    None,
-    True,
-    ["FP32"],
-    {"t": "FP32"},
-    1.5,
+    *DATATYPES, "BYTES", "fp32", "Fp32", "", "INT128", "FP8", "FLOAT", "FP32 ", "FP32\u0000", 7,
+    None, True, ["FP32"], {"t": "FP32"}, 1.5,
 )
 NUMBER_SWAPS: tuple[bytes, ...] = (
-    b"NaN",
-    b"Infinity",
-    b"-Infinity",
-    b"1e400",
-    b"-1e400",
-    b"1e-400",
-    b"9" * 5000,
-    b"1" * 4301,
-    b"-0",
-    b"0.0",
-    b"1E+2",
-    b"01",
-    b"1.",
-    b".5",
-    b"+1",
-    b"0x10",
-    b"1_000",
-    b"true",
-    b"null",
-    b'"1"',
-    b"[]",
-    b"{}",
+    b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"1e-400", b"9" * 5000, b"1" * 4301,
+    b"-0", b"0.0", b"1E+2", b"01", b"1.", b".5", b"+1", b"0x10", b"1_000", b"true", b"null",
+    b'"1"', b"[]", b"{}",
 )
 JSON_NOISE: tuple[bytes, ...] = (
-    b"[",
-    b"]",
-    b"{",
-    b"}",
-    b'"',
-    b",",
-    b":",
-    b"\\",
-    b"\xff",
-    b"\x00",
-    b"\xc3",
-    b"\xed\xa0\x80",
-    b" ",
-    b"\n",
-    b"-",
-    b"e",
-    b"\\u0000",
-    b"\\ud800",
-    b"1",
+    b"[", b"]", b"{", b"}", b'"', b",", b":", b"\\", b"\xff", b"\x00", b"\xc3", b"\xed\xa0\x80",
+    b" ", b"\n", b"-", b"e", b"\\u0000", b"\\ud800", b"1",
 )
-HLEN_EDITS: tuple[Callable[[int, int], str], ...] = (
-    lambda h, n: str(h + 1),
-    lambda h, n: str(h - 1),
-    lambda h, n: str(h + 7),
-    lambda h, n: str(h - 9),
-    lambda h, n: "0",
-    lambda h, n: "-1",
-    lambda h, n: str(n),
-    lambda h, n: str(n + 1),
-    lambda h, n: str(10**30),
-    lambda h, n: str(2**63),
-    lambda h, n: "9" * 5000,
-    lambda h, n: "abc",
-    lambda h, n: "",
-    lambda h, n: f" {h} ",
-    lambda h, n: f"+{h}",
-    lambda h, n: f"{h}.0",
-    lambda h, n: hex(h),
-    lambda h, n: f"{h},{h}",
-    lambda h, n: "1_0",
-    lambda h, n: "1e3",
+HLEN_EDITS: tuple[Callable[[int, int], str], ...] = (  # (JSON length, body length) -> header
+    lambda h, n: str(h + 1), lambda h, n: str(h - 1), lambda h, n: str(h + 7),
+    lambda h, n: str(h - 9), lambda h, n: "0", lambda h, n: "-1", lambda h, n: str(n),
+    lambda h, n: str(n + 1), lambda h, n: str(10**30), lambda h, n: str(2**63),
+    lambda h, n: "9" * 5000, lambda h, n: "abc", lambda h, n: "", lambda h, n: f" {h} ",
+    lambda h, n: f"+{h}", lambda h, n: f"{h}.0", lambda h, n: hex(h), lambda h, n: f"{h},{h}",
+    lambda h, n: "1_0", lambda h, n: "1e3",
 )
 CBOR_EXOTIC: tuple[Json, ...] = (
-    cbor2.CBORTag(12345, 1),
-    cbor2.CBORTag(2, b"\xff" * 40),
-    cbor2.CBORTag(5, [10**6, 3]),
-    cbor2.CBORTag(4, [-(10**6), 3]),
-    cbor2.CBORTag(35, "(a+)+$"),
-    cbor2.CBORTag(36, "x: y\n\nz"),
-    cbor2.CBORTag(258, [1, 2]),
-    cbor2.CBORTag(28, [1]),
-    cbor2.CBORTag(29, 0),
-    cbor2.CBORTag(1, 2**70),
-    cbor2.CBORTag(0, "not a date"),
-    cbor2.CBORTag(30, [1, 0]),
-    cbor2.CBORTag(37, b"short"),
-    cbor2.CBORTag(55799, {}),
-    cbor2.CBORSimpleValue(200),
-    cbor2.undefined,
-    datetime(2020, 1, 1, tzinfo=UTC),
-    Decimal("1E+999999"),
-    Fraction(1, 3),
-    {1, 2, 3},
-    UUID(int=7),
-    IPv4Address("10.0.0.1"),
-    re.compile("a+"),
-    2**64,
-    -(2**64) - 5,
-    10**100,
-    float("nan"),
-    float("inf"),
-    float("-inf"),
-    b"",
-    b"\x00" * 3,
-    b"\xff" * 17,
-    bytearray(b"ab"),
+    cbor2.CBORTag(12345, 1), cbor2.CBORTag(2, b"\xff" * 40), cbor2.CBORTag(5, [10**6, 3]),
+    cbor2.CBORTag(4, [-(10**6), 3]), cbor2.CBORTag(35, "(a+)+$"),
+    cbor2.CBORTag(36, "x: y\n\nz"), cbor2.CBORTag(258, [1, 2]), cbor2.CBORTag(28, [1]),
+    cbor2.CBORTag(29, 0), cbor2.CBORTag(1, 2**70), cbor2.CBORTag(0, "not a date"),
+    cbor2.CBORTag(30, [1, 0]), cbor2.CBORTag(37, b"short"), cbor2.CBORTag(55799, {}),
+    cbor2.CBORSimpleValue(200), cbor2.undefined, datetime(2020, 1, 1, tzinfo=UTC),
+    Decimal("1E+999999"), Fraction(1, 3), {1, 2, 3}, UUID(int=7), IPv4Address("10.0.0.1"),
+    re.compile("a+"), 2**64, -(2**64) - 5, 10**100, float("nan"), float("inf"), float("-inf"),
+    b"", b"\x00" * 3, b"\xff" * 17, bytearray(b"ab"),
 )
-CBOR_HEADS: tuple[bytes, ...] = (
-    b"\x5b" + b"\xff" * 8,
-    b"\x5b\x7f" + b"\xff" * 7,
-    b"\x5a\xff\xff\xff\xff",
-    b"\x7b" + b"\xff" * 8,
-    b"\x9b" + b"\xff" * 8,
-    b"\x9a\x7f\xff\xff\xff",
-    b"\xbb" + b"\xff" * 8,
-    b"\xba\xff\xff\xff\xff",
-    b"\x5f",
-    b"\x7f",
-    b"\x9f",
-    b"\xbf",
-    b"\xff",
-    b"\x1c",
-    b"\x3f",
-    b"\xdf",
-    b"\xfc",
-    b"\xf8\x00",
-    b"\xf7",
-    b"\xc6",
-    b"\xd8\x23",
-    b"\xdb" + b"\xff" * 8,
-    b"\xc2\x5b" + b"\xff" * 8,
+CBOR_HEADS: tuple[bytes, ...] = (  # huge declared lengths, reserved heads, tags, breaks
+    b"\x5b" + b"\xff" * 8, b"\x5b\x7f" + b"\xff" * 7, b"\x5a\xff\xff\xff\xff",
+    b"\x7b" + b"\xff" * 8, b"\x9b" + b"\xff" * 8, b"\x9a\x7f\xff\xff\xff",
+    b"\xbb" + b"\xff" * 8, b"\xba\xff\xff\xff\xff", b"\x5f", b"\x7f", b"\x9f", b"\xbf", b"\xff",
+    b"\x1c", b"\x3f", b"\xdf", b"\xfc", b"\xf8\x00", b"\xf7", b"\xc6", b"\xd8\x23",
+    b"\xdb" + b"\xff" * 8, b"\xc2\x5b" + b"\xff" * 8,
 )
+EVIL_SIZES: tuple[Json, ...] = (
+    -1, 0, 1, 3, 15, 17, 2**31, 2**63, 2**64, 10**30, 1.5, 16.0, "16", True, None, [16], {"n": 16},
+)
+DATUM_TYPES: tuple[Json, ...] = (
+    -1, 0, 1, 5, 10, 11, 255, 2**64, "F32", "f32", "Bool", "F16", None, 1.0,
+)
+HOT_JSON_KEYS = (
+    "inputs", "name", "shape", "datatype", "data", "parameters", "outputs", "id",
+    "binary_data_size", "binary_data_output", "binary_data",
+)
+HOT_CBOR_KEYS = (
+    "model_id", "model_hash", "inputs", "info", "fact", "datum_type", "node_name", "bytes_data",
+    "client_info", "model", "length", "model_name", "optimize",
+)
+BAD_REFS = (
+    "nope", "demo%00", "demo/versions/2", "demo/versions/1", "..%2f..%2fetc", "%ff%fe",
+    "x" * 300, "0" * 64, "DEMO",
+)
+DATUM_CODES = {
+    "FP32": 0, "FP64": 1, "INT32": 2, "INT64": 3, "UINT32": 4, "UINT64": 5, "UINT8": 6,
+    "UINT16": 7, "INT8": 8, "INT16": 9, "BOOL": 10,
+}
+# fmt: on
 
 
 def _nested(depth: int, leaf: Json = 1) -> Json:
@@ -500,31 +363,11 @@ def _targeted(rng: random.Random, key: str, old: Json, cbor: bool) -> Json:
     if key == "datatype":
         return rng.choice(EVIL_DATATYPES)
     if key == "datum_type":
-        return rng.choice((-1, 0, 1, 5, 10, 11, 255, 2**64, "F32", "f32", "Bool", "F16", None, 1.0))
+        return rng.choice(DATUM_TYPES)
     if key == "data":
         return _evil_data(rng, old)
     if key == "binary_data_size":
-        return rng.choice(
-            (
-                -1,
-                0,
-                1,
-                3,
-                15,
-                17,
-                2**31,
-                2**63,
-                2**64,
-                10**30,
-                1.5,
-                16.0,
-                "16",
-                True,
-                None,
-                [16],
-                {"n": 16},
-            )
-        )
+        return rng.choice(EVIL_SIZES)
     if key == "bytes_data" and isinstance(old, bytes):
         return rng.choice((old[:-1], old + b"\0", old[: len(old) // 2], b"", old * 2, old.hex()))
     return evil_value(rng, cbor)
@@ -599,19 +442,19 @@ def byte_mutation(rng: random.Random, body: bytes, noise: Sequence[bytes]) -> by
 
 _NUMBER = re.compile(rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 _DEEP_MARK = "__fuzz_deep__"
-_HOT_JSON_KEYS = (
-    "inputs",
-    "name",
-    "shape",
-    "datatype",
-    "data",
-    "parameters",
-    "outputs",
-    "id",
-    "binary_data_size",
-    "binary_data_output",
-    "binary_data",
-)
+
+
+def _duplicate_field(rng: random.Random, text: bytes) -> bytes:
+    """A field given twice: inserted first in an object, or last (then it is the one json.loads
+    keeps)."""
+    pair = b'"' + rng.choice(HOT_JSON_KEYS).encode() + b'":' + json.dumps(evil_value(rng)).encode()
+    braces = [m.start() for m in re.finditer(rb"[{}]", text)]
+    if not braces:
+        return text + pair
+    i = rng.choice(braces)
+    if text[i] == ord("{"):
+        return text[: i + 1] + pair + b"," + text[i + 1 :]
+    return text[:i] + b"," + pair + text[i:]
 
 
 def json_text_mutation(rng: random.Random, text: bytes) -> bytes:
@@ -621,18 +464,8 @@ def json_text_mutation(rng: random.Random, text: bytes) -> bytes:
         if spans:
             a, z = rng.choice(spans)
             return text[:a] + rng.choice(NUMBER_SWAPS) + text[z:]
-    if op == 1:  # a duplicated field, before or after the original one
-        key = rng.choice(_HOT_JSON_KEYS)
-        value = json.dumps(evil_value(rng)).encode()
-        braces = [m.start() for m in re.finditer(rb"[{}]", text)]
-        if braces:
-            i = rng.choice(braces)
-            pair = b'"' + key.encode() + b'":' + value
-            return (
-                text[: i + 1] + pair + b"," + text[i + 1 :]
-                if text[i] == ord("{")
-                else (text[:i] + b"," + pair + text[i:])
-            )
+    if op == 1:
+        return _duplicate_field(rng, text)
     if op == 2:  # encodings other than UTF-8
         return rng.choice(
             (
@@ -761,19 +594,6 @@ def oip_binary(rng: random.Random, seed: Seed) -> tuple[Json, list[bytes]]:
     return doc, blobs
 
 
-_DATUM = {
-    "FP32": 0,
-    "FP64": 1,
-    "INT32": 2,
-    "INT64": 3,
-    "UINT32": 4,
-    "UINT64": 5,
-    "UINT8": 6,
-    "UINT16": 7,
-    "INT8": 8,
-    "INT16": 9,
-    "BOOL": 10,
-}
 CLIENT_INFO: dict[str, Json] = {
     "uid": "0" * 32,
     "platform_name": "Linux",
@@ -793,7 +613,7 @@ def run_doc(rng: random.Random, seed: Seed) -> Json:
         named = rng.random() < 0.6
         info = {
             "fact": list(t.shape),
-            "datum_type": _DATUM.get(t.datatype, 0),
+            "datum_type": DATUM_CODES.get(t.datatype, 0),
             "node_name": t.name if named else None,
         }
         inputs.append({"info": info, "bytes_data": t.array().tobytes()})
@@ -808,33 +628,6 @@ def run_doc(rng: random.Random, seed: Seed) -> Json:
 
 # --- the generator --------------------------------------------------------------------------------
 
-_HOT_CBOR_KEYS = (
-    "model_id",
-    "model_hash",
-    "inputs",
-    "info",
-    "fact",
-    "datum_type",
-    "node_name",
-    "bytes_data",
-    "client_info",
-    "model",
-    "length",
-    "model_name",
-    "optimize",
-)
-_BAD_REFS = (
-    "nope",
-    "demo%00",
-    "demo/versions/2",
-    "demo/versions/1",
-    "..%2f..%2fetc",
-    "%ff%fe",
-    "x" * 300,
-    "0" * 64,
-    "DEMO",
-)
-
 
 class Generator:
     """Request ``index`` of the run with ``seed``: the same bytes every time."""
@@ -846,6 +639,17 @@ class Generator:
 
     def request(self, index: int) -> Request:
         rng = random.Random(self.seed * 1_000_003 + index)
+        request = self._request(rng)
+        roll = rng.random()
+        if roll < 0.05:  # no Content-Length: the server reads to the end of the chunks
+            chunk = rng.choice((1, 7, 1000, 65536))
+            chunk = chunk if len(request.body) // chunk < 4096 else 65536  # at most ~4096 chunks
+            return dataclasses.replace(request, chunk=chunk)
+        if roll < 0.06 and request.kind.startswith("oip"):
+            return dataclasses.replace(request, method=rng.choice(("GET", "PUT", "DELETE")))
+        return request
+
+    def _request(self, rng: random.Random) -> Request:
         roll = rng.random()
         if roll < 0.36:
             return self.oip_json(rng)
@@ -860,7 +664,7 @@ class Generator:
     def _ref_path(self, rng: random.Random, seed: Seed) -> str:
         ref = seed.model.name
         if rng.random() < 0.15:
-            ref = rng.choice((seed.model.model_id, seed.model.sha256, *_BAD_REFS))
+            ref = rng.choice((seed.model.model_id, seed.model.sha256, *BAD_REFS))
         return f"/v2/models/{ref}/infer"
 
     def oip_json(self, rng: random.Random) -> Request:
@@ -871,7 +675,7 @@ class Generator:
             body = deep_json(rng, doc)
         else:
             for _ in range(rng.choice((0, 1, 1, 1, 2, 3))):
-                mutate_tree(rng, doc, cbor=False, hot=_HOT_JSON_KEYS)
+                mutate_tree(rng, doc, cbor=False, hot=HOT_JSON_KEYS)
             body = json.dumps(doc, separators=(",", ":")).encode()
             if roll > 0.65:
                 body = json_text_mutation(rng, body)
@@ -882,7 +686,7 @@ class Generator:
         seed = rng.choice(self.seeds)
         doc, blobs = oip_binary(rng, seed)
         for _ in range(rng.choice((0, 1, 1, 2))):
-            mutate_tree(rng, doc, cbor=False, hot=_HOT_JSON_KEYS)
+            mutate_tree(rng, doc, cbor=False, hot=HOT_JSON_KEYS)
         header = json.dumps(doc, separators=(",", ":")).encode()
         if rng.random() < 0.15:
             header = json_text_mutation(rng, header)
@@ -905,7 +709,7 @@ class Generator:
         seed = rng.choice(self.seeds)
         doc = run_doc(rng, seed)
         for _ in range(rng.choice((0, 1, 1, 1, 2, 3))):
-            mutate_tree(rng, doc, cbor=True, hot=_HOT_CBOR_KEYS)
+            mutate_tree(rng, doc, cbor=True, hot=HOT_CBOR_KEYS)
         body = cbor_mutation(rng, _dumps(doc)) if rng.random() < 0.4 else _dumps(doc)
         return Request("blindai-run", self.ports.attested, "/run", (), body)
 
@@ -1004,6 +808,7 @@ class FuzzReport:
     seconds: float = 0.0
     rss_before_kib: int = 0
     rss_after_kib: int = 0
+    rss_trend_kib: list[int] = field(default_factory=list)  # at each checkpoint
     server_alive: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -1038,6 +843,7 @@ class FuzzReport:
             "seconds": round(self.seconds, 1),
             "rss_before_kib": self.rss_before_kib,
             "rss_after_kib": self.rss_after_kib,
+            "rss_trend_kib": self.rss_trend_kib,
             "server_alive": self.server_alive,
         }
 
@@ -1152,6 +958,7 @@ def run_fuzz(config: FuzzConfig, alive: Callable[[], bool]) -> FuzzReport:
             if not alive():
                 report.server_alive = False
                 break
+            report.rss_trend_kib.append(rss_kib(config.pid))
     report.seconds = time.monotonic() - start
     report.rss_after_kib = rss_kib(config.pid) if alive() else 0
     report.server_alive = report.server_alive and alive()

@@ -38,7 +38,7 @@ def test_response_binary_and_json() -> None:
     doc = json.loads(b"".join(chunks)[:hlen])
     assert doc["outputs"][1]["data"] == [True, False]
     chunks, hlen = oip.encode_infer_response("m", outs, False)
-    assert hlen is None and json.loads(chunks[0])["outputs"][0]["data"] == [1.0] * 4
+    assert hlen is None and json.loads(bytes(chunks[0]))["outputs"][0]["data"] == [1.0] * 4
 
 
 @pytest.mark.parametrize("name", list(DATATYPES))
@@ -142,8 +142,8 @@ def test_zero_size_tensors_parse_and_encode() -> None:
     assert req.inputs["features"].shape == (0, 4) and req.inputs["features"].dtype == np.float32
     nested = oip.parse_infer_request(_body(_features(shape=[2, 0], data=[[], []])), None)
     assert nested.inputs["features"].shape == (2, 0)
-    chunks, hlen = oip.encode_infer_request({"features": np.zeros((0, 4), np.float32)})
-    back = oip.parse_infer_request(b"".join(bytes(c) for c in chunks), hlen)
+    request, request_len = oip.encode_infer_request({"features": np.zeros((0, 4), np.float32)})
+    back = oip.parse_infer_request(b"".join(bytes(c) for c in request), request_len)
     assert back.inputs["features"].shape == (0, 4)
     empty = {"y": np.zeros((0, 3), np.float32), "b": np.zeros((0,), bool)}
     for binary in (True, False):  # the binary reply cast a 0-size memoryview: TypeError, 500
