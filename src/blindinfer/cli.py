@@ -20,7 +20,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from blindinfer.errors import AttestationError, BlindInferError, ConfigError, ServerError
+from blindinfer.errors import (
+    AttestationError,
+    BackendUnavailable,
+    BlindInferError,
+    ConfigError,
+    ConnectError,
+    ServerError,
+)
 
 app = typer.Typer(
     help="Confidential inference: serve ONNX models inside a TEE, verify and query them.",
@@ -60,10 +67,15 @@ def _errors() -> Iterator[None]:
     except ConfigError as exc:
         err.print(f"[red]configuration error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except ConnectError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except BackendUnavailable as exc:
+        err.print(f"[red]TEE backend unavailable:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_ERROR) from None
     except BlindInferError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
-        code = EXIT_UNREACHABLE if str(exc).startswith("cannot reach") else EXIT_ERROR
-        raise typer.Exit(code) from None
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _print_json(doc: Any) -> None:
@@ -155,7 +167,6 @@ def serve(
     Settings come from defaults < --config TOML < BLINDINFER_* environment < flags."""
     from blindinfer.server.config import load_settings
     from blindinfer.server.runner import serve as run_server
-    from blindinfer.tee import BackendUnavailable
 
     flags: dict[str, Any] = {
         "host": host,
@@ -194,11 +205,7 @@ def serve(
             except ValueError:
                 raise ConfigError("--blindai-ports takes three ports: 9923,9924,9925") from None
         settings = load_settings(config, flags)
-        try:
-            run_server(settings)
-        except BackendUnavailable as exc:
-            err.print(f"[red]TEE backend unavailable:[/red] {exc}", highlight=False)
-            raise typer.Exit(EXIT_ERROR) from None
+        run_server(settings)
 
 
 # --- attestation -------------------------------------------------------------------------------

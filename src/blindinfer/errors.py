@@ -41,6 +41,28 @@ class ConfigError(BlindInferError):
     """A setting, policy file or command-line value is invalid."""
 
 
+# --- the client's side of the network ----------------------------------------------------------
+
+
+class ConnectError(BlindInferError):
+    """The server could not be reached (DNS, refused connection, TLS handshake, time-out)."""
+
+
+# --- the server's own machinery ----------------------------------------------------------------
+
+
+class BackendUnavailable(BlindInferError):
+    """The TEE backend cannot produce evidence or keys here (device absent, wrong platform)."""
+
+
+class GenerationConflict(BackendUnavailable):
+    """Another writer raced this one on a configfs-tsm report entry; the request may be retried."""
+
+
+class StoreError(BlindInferError):
+    """A stored file could not be read or unsealed (wrong key, corruption, tampering)."""
+
+
 # --- server-side failures, shared with the SDK -------------------------------------------------
 
 

@@ -23,10 +23,10 @@ def registry(tmp_path: Path) -> ModelRegistry:
 
 def test_signature_records_dynamic_dims(registry: ModelRegistry) -> None:
     info = registry.add((FIXTURES / "mlp.onnx").read_bytes(), name="mlp")
-    x, scale = info.signature.inputs
+    x, scale = info.inputs
     assert (x.name, x.datatype, x.shape, x.dim_names) == ("x", "FP32", (-1, 8), ("batch", None))
     assert (scale.name, scale.shape) == ("scale", (1,))
-    assert [o.datatype for o in info.signature.outputs] == ["FP32", "INT64"]
+    assert [o.datatype for o in info.outputs] == ["FP32", "INT64"]
 
 
 def test_external_data_is_refused_without_reading_the_path(registry: ModelRegistry) -> None:

@@ -55,7 +55,7 @@ def test_upload_run_by_id_name_sha_then_delete(conn: blindinfer.Connection) -> N
     path = FIXTURES / "mlp.onnx"
     info = conn.upload_model(path, name="mlp-e2e")
     assert info.sha256 == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
-    assert [t["name"] for t in info.inputs] == ["x", "scale"]
+    assert [t.name for t in info.inputs] == ["x", "scale"]
     rng = np.random.default_rng(1)
     feeds = {
         "x": rng.standard_normal((5, 8)).astype(np.float32),

@@ -7,14 +7,10 @@ only, so they can be printed (``blindinfer verify --json``) and compared in test
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from blindinfer.errors import EvidenceError
 
 KINDS = ("simulation", "sgx", "tdx", "snp", "nitro")
 
@@ -32,32 +28,6 @@ class Evidence:
     kind: str
     evidence: bytes
     collateral: Mapping[str, bytes] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "evidence": base64.b64encode(self.evidence).decode(),
-            "collateral": {k: base64.b64encode(v).decode() for k, v in self.collateral.items()},
-            "insecure": self.kind == "simulation",
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Evidence:
-        """Parse the attestation endpoint's JSON; malformed documents raise EvidenceError."""
-        try:
-            kind = str(doc["kind"])
-            if kind not in KINDS:
-                raise EvidenceError(f"unknown evidence kind {kind!r}; expected one of {KINDS}")
-            raw = base64.b64decode(doc["evidence"], validate=True)
-            coll = {
-                str(k): base64.b64decode(v, validate=True)
-                for k, v in (doc.get("collateral") or {}).items()
-            }
-        except EvidenceError:
-            raise
-        except (KeyError, TypeError, ValueError, binascii.Error, AttributeError) as exc:
-            raise EvidenceError(f"malformed attestation document: {exc}") from exc
-        return cls(kind=kind, evidence=raw, collateral=coll)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from blindinfer.errors import (
     error_for_status,
 )
 from blindinfer.wire import oip
+from blindinfer.wire.attestation import AttestationDocument
+from blindinfer.wire.models import ModelInfo
 
 TOKEN_ENV = "BLINDINFER_OWNER_TOKEN"
 DEFAULT_PORT = 8443
@@ -44,31 +45,6 @@ CollateralSource = Callable[[Evidence], Mapping[str, bytes]]
 
 class InsecureSimulationWarning(UserWarning):
     """Emitted whenever a client accepts simulation evidence: there is NO hardware protection."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the server says about a model (never its bytes)."""
-
-    model_id: str
-    name: str
-    sha256: str
-    size: int
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    restricted: bool = False
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> ModelInfo:
-        return cls(
-            model_id=doc["model_id"],
-            name=doc["name"],
-            sha256=doc["sha256"],
-            size=doc["size"],
-            inputs=list(doc["inputs"]),
-            outputs=list(doc["outputs"]),
-            restricted=bool(doc.get("restricted", False)),
-        )
 
 
 def _base_url(url: str) -> str:
@@ -127,7 +103,7 @@ def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[
         doc = json.loads(reply.body)
     except ValueError:
         raise EvidenceError("the attestation endpoint did not return JSON") from None
-    return Evidence.from_json(doc), reply.peer_certificate
+    return AttestationDocument.from_json(doc).evidence, reply.peer_certificate
 
 
 def attest(

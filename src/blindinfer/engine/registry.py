@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from blindinfer.engine import limits
-from blindinfer.engine.validate import Signature, TensorSpec, parse_model, signature_of
+from blindinfer.engine.validate import parse_model, signature_of
 from blindinfer.errors import (
     Conflict,
     InsufficientStorage,
@@ -31,8 +31,10 @@ from blindinfer.errors import (
     LimitExceeded,
     ModelNotFound,
     PayloadTooLarge,
+    StoreError,
 )
-from blindinfer.storage.sealed import SealedStore, StoreError
+from blindinfer.storage.sealed import SealedStore
+from blindinfer.wire.models import ModelInfo, TensorSpec
 from blindinfer.wire.tensors import datatype_of
 
 log = logging.getLogger("blindinfer.engine")
@@ -40,29 +42,6 @@ log = logging.getLogger("blindinfer.engine")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model_id: str
-    name: str
-    sha256: str
-    size: int
-    created: str
-    signature: Signature
-    restricted: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "name": self.name,
-            "sha256": self.sha256,
-            "size": self.size,
-            "created": self.created,
-            "restricted": self.restricted,
-            "inputs": [t.to_json() for t in self.signature.inputs],
-            "outputs": [t.to_json() for t in self.signature.outputs],
-        }
 
 
 @dataclass(frozen=True)
@@ -159,7 +138,8 @@ class ModelRegistry:
             sha256=hashlib.sha256(data).hexdigest(),
             size=len(data),
             created=created,
-            signature=sig,
+            inputs=sig.inputs,
+            outputs=sig.outputs,
             restricted=restricted,
         )
         return LoadedModel(

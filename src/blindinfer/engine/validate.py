@@ -15,21 +15,8 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 
 from blindinfer.errors import InvalidModel
+from blindinfer.wire.models import TensorSpec
 from blindinfer.wire.tensors import ONNX_TO_DATATYPE
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output. ``shape`` uses -1 for dynamic dimensions (OIP v2 convention);
-    ``dim_names`` keeps symbolic names ("batch") where the model gives them."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    dim_names: tuple[str | None, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ names the problem; nothing about inputs or outputs is ever logged.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from typing import Any
@@ -33,6 +32,7 @@ from blindinfer.errors import InvalidInput, ServerError
 from blindinfer.server.infer import InferEndpoint, check_version, infer_ref
 from blindinfer.server.requests import content_length, read_limited, require_owner
 from blindinfer.server.state import ServerState
+from blindinfer.wire.attestation import AttestationDocument
 
 log = logging.getLogger("blindinfer.server")
 
@@ -119,8 +119,8 @@ def _build_starlette(state: ServerState) -> Starlette:
                 "name": info.name,
                 "versions": ["1"],
                 "platform": "onnxruntime_onnx",
-                "inputs": [t.to_json() for t in info.signature.inputs],
-                "outputs": [t.to_json() for t in info.signature.outputs],
+                "inputs": [t.to_json() for t in info.inputs],
+                "outputs": [t.to_json() for t in info.outputs],
                 "model_id": info.model_id,
                 "sha256": info.sha256,
                 "size": info.size,
@@ -143,10 +143,8 @@ def _build_starlette(state: ServerState) -> Starlette:
             if not 8 <= len(nonce) <= NONCE_MAX:
                 raise InvalidInput(f"nonce must be 8 to {NONCE_MAX} bytes")
         evidence = await state.evidence_async(nonce)
-        doc = evidence.to_json()
-        doc["certificate"] = base64.b64encode(state.tls.certificate_der).decode()
-        doc["tee"] = state.backend.name
-        return _json(doc)
+        doc = AttestationDocument(evidence, state.tls.certificate_der, state.backend.name)
+        return _json(doc.to_json())
 
     async def list_models(request: Request) -> Response:
         return _json({"models": [i.to_json() for i in registry.list()]})

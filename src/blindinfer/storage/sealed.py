@@ -25,14 +25,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from blindinfer.errors import StoreError
+
 MAGIC = b"BINFSEAL1"
 SUFFIX = ".sealed"
 _CHUNK = 1 << 20
 _ID_RE = re.compile(r"^[0-9a-f-]{36}$")
-
-
-class StoreError(RuntimeError):
-    """A stored file could not be read or unsealed (wrong key, corruption, tampering)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from blindinfer import __version__
 from blindinfer.attestation.claims import Evidence
-from blindinfer.engine.registry import LoadedModel, ModelInfo, ModelRegistry, check_name
+from blindinfer.engine.registry import LoadedModel, ModelRegistry, check_name
 from blindinfer.errors import (
     Conflict,
     InvalidInput,
@@ -41,6 +41,7 @@ from blindinfer.server.compat.collateral import blindai_collateral
 from blindinfer.server.compat.sniff import _uvicorn_http_protocol, sniffing_protocol
 from blindinfer.server.protocol import guarded
 from blindinfer.server.state import Listener, ServerState
+from blindinfer.wire.models import ModelInfo
 from blindinfer.wire.tensors import from_wire_bytes
 
 log = logging.getLogger("blindinfer.compat")
@@ -61,7 +62,7 @@ def server_header(state: ServerState) -> str:
 
 def _bind_inputs(model: LoadedModel, tensors: Sequence[InputTensor]) -> dict[str, np.ndarray]:
     """Named tensors go to their input, in any order; unnamed ones fill the rest in order."""
-    order = [t.name for t in model.info.signature.inputs]
+    order = [t.name for t in model.info.inputs]
     if len(tensors) != len(order):
         raise InvalidInput(
             f"model {model.info.name!r} takes {len(order)} input(s) {order}, got {len(tensors)}"
