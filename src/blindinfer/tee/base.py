@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from blindinfer.attestation.claims import Evidence
+from blindinfer.errors import BackendUnavailable
+
+__all__ = ["BackendUnavailable", "TeeBackend"]
 
 
 class TeeBackend(Protocol):
@@ -30,7 +33,3 @@ class TeeBackend(Protocol):
     def sealing_key(self) -> bytes:
         """A 32-byte key bound to this TEE identity, used to seal the model store at rest."""
         ...
-
-
-class BackendUnavailable(RuntimeError):
-    """The TEE device interface is missing or misbehaves (raised at server start-up)."""
