@@ -22,7 +22,6 @@ Report Certification Data"; quote v5: quote body descriptor, TD report 1.0 / 1.5
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import re
 import struct
@@ -35,14 +34,20 @@ from typing import Any
 
 import dcap_qvl
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from blindinfer.attestation import _x509
 from blindinfer.attestation.claims import Claims
-from blindinfer.errors import CollateralError, ConfigError, EvidenceError, PolicyError
+from blindinfer.errors import (
+    AttestationError,
+    CollateralError,
+    ConfigError,
+    EvidenceError,
+    PolicyError,
+)
 
 # What cryptography raises on malformed certificates and CRLs.
-_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+_PARSE_ERRORS = _x509.PARSE_ERRORS
 
 COLLATERAL_KEY = "dcap"
 ROOT_PEM = "intel_sgx_root_ca.pem"
@@ -274,21 +279,16 @@ def load_collateral(collateral: Mapping[str, bytes], kind: str) -> Any:
 
 
 def check_chain(
-    certs: Sequence[x509.Certificate], root: bytes, what: str, error: type[Exception]
+    certs: Sequence[x509.Certificate], root: bytes, what: str, error: type[AttestationError]
 ) -> None:
-    """Each certificate must be signed by the next, and the last must be the trusted root.
+    """Each certificate must be signed by the next (a CA), and the last must be the trusted root.
 
     dcap-qvl anchors on the root it is given and skips a root embedded in a chain; checking the
     whole chain here makes every byte of it count (and names the failing part).
     """
     if not certs or certs[-1].public_bytes(Encoding.DER) != root:
         raise error(f"{what} does not end in the trusted root CA")
-    for child, parent in itertools.pairwise(certs):
-        try:
-            child.verify_directly_issued_by(parent)
-        except (*_PARSE_ERRORS, InvalidSignature) as exc:
-            name = child.subject.rfc4514_string()
-            raise error(f"{what}: certificate {name!r} is not signed by its issuer") from exc
+    _x509.check_chain([(c, what) for c in reversed(certs)], error)
 
 
 def _collateral_chain(coll: Any, key: str) -> list[x509.Certificate]:

@@ -14,9 +14,11 @@ and ``nonce`` (bstr or null).
 
 Trust: the pinned AWS Nitro Enclaves root G1 must equal ``cabundle[0]``; each following
 ``cabundle`` entry and then ``certificate`` must be signed by the one before it (ECDSA), name-
-chained, valid at the verification time, with CA basic constraints on every issuer. The path is
-checked explicitly: ``cryptography``'s path builder refuses the Nitro leaf (it has no
-AuthorityKeyIdentifier). Revocation is not checked (AWS publishes no CRL for this chain).
+chained, valid at the verification time, with CA basic constraints on every issuer; then
+``cryptography``'s RFC 5280 path validation must accept exactly that path. Its extension policy
+is permissive (basicConstraints required on CAs, nothing else): the Nitro leaf has no
+AuthorityKeyIdentifier, which the WebPKI defaults require. Revocation is not checked (AWS
+publishes no CRL for this chain).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import SignatureAlgorithmOID
 
+from blindinfer.attestation import _x509
 from blindinfer.attestation.claims import Claims
 from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
 from blindinfer.errors import (
@@ -62,11 +65,13 @@ MAX_OPTIONAL_BYTES = {"public_key": 1024, "user_data": 512, "nonce": 512}
 DEBUG_PCRS = (0, 1, 2)
 POLICY_PCRS = (0, 1, 2, 3, 4, 8)
 
-_ECDSA_HASHES: dict[x509.ObjectIdentifier, hashes.HashAlgorithm] = {
-    SignatureAlgorithmOID.ECDSA_WITH_SHA256: hashes.SHA256(),
-    SignatureAlgorithmOID.ECDSA_WITH_SHA384: hashes.SHA384(),
-    SignatureAlgorithmOID.ECDSA_WITH_SHA512: hashes.SHA512(),
-}
+_ECDSA_SIGNATURES = frozenset(
+    {
+        SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+        SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+        SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+    }
+)
 
 
 # --- COSE_Sign1 --------------------------------------------------------------------------------
@@ -233,16 +238,8 @@ def parse_payload(payload: bytes) -> Document:
 def _load_der(der: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except Exception as exc:
+    except _x509.PARSE_ERRORS as exc:
         raise EvidenceError(f"Nitro {what} is not a valid DER certificate: {exc}") from exc
-
-
-def _cn(cert: x509.Certificate) -> str:
-    try:
-        attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()
-    except Exception:
-        return "<unreadable subject>"
 
 
 @cache
@@ -259,46 +256,9 @@ def _trusted_roots(roots: Sequence[bytes] | None) -> list[x509.Certificate]:
     for der in roots:
         try:
             out.append(x509.load_der_x509_certificate(der))
-        except Exception as exc:
+        except _x509.PARSE_ERRORS as exc:
             raise CollateralError(f"trusted Nitro root is not a DER certificate: {exc}") from exc
     return out
-
-
-def _check_validity(cert: x509.Certificate, at: datetime) -> None:
-    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if not nb <= at <= na:
-        raise EvidenceError(
-            f"Nitro certificate {_cn(cert)!r} is not valid at {at.isoformat()}: "
-            f"notBefore {nb.isoformat()}, notAfter {na.isoformat()}"
-        )
-
-
-def _check_is_ca(cert: x509.Certificate) -> None:
-    try:
-        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
-    except Exception:
-        bc = None
-    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
-        raise EvidenceError(f"Nitro certificate {_cn(cert)!r} signs others but is not a CA")
-
-
-def _check_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
-    """Name chaining plus an ECDSA signature by ``issuer`` over the TBSCertificate."""
-    if cert.issuer != issuer.subject:
-        raise EvidenceError(
-            f"Nitro certificate {_cn(cert)!r} is issued by {cert.issuer.rfc4514_string()!r}, "
-            f"not by {issuer.subject.rfc4514_string()!r}"
-        )
-    key = issuer.public_key()
-    algo = _ECDSA_HASHES.get(cert.signature_algorithm_oid)
-    if algo is None or not isinstance(key, ec.EllipticCurvePublicKey):
-        raise EvidenceError(f"Nitro certificate {_cn(cert)!r} is not ECDSA-signed")
-    try:
-        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
-    except InvalidSignature:
-        raise EvidenceError(
-            f"Nitro certificate {_cn(cert)!r} signature by {_cn(issuer)!r} does not verify"
-        ) from None
 
 
 def _anchor(first: bytes, trusted: list[x509.Certificate]) -> x509.Certificate:
@@ -310,24 +270,32 @@ def _anchor(first: bytes, trusted: list[x509.Certificate]) -> x509.Certificate:
         ):
             return root
     raise EvidenceError(
-        f"Nitro cabundle[0] ({_cn(bundle_root)!r}) is not a trusted root "
-        f"(trusted: {[_cn(r) for r in trusted]})"
+        f"Nitro cabundle[0] ({_x509.common_name(bundle_root)!r}) is not a trusted root "
+        f"(trusted: {[_x509.common_name(r) for r in trusted]})"
     )
 
 
 def verify_path(doc: Document, at: datetime, roots: Sequence[bytes] | None) -> x509.Certificate:
-    """root == cabundle[0] -> cabundle[1:] -> certificate; return the verified leaf."""
-    root = issuer = _anchor(doc.cabundle[0], _trusted_roots(roots))
-    _check_signed_by(root, root)
+    """root == cabundle[0] -> cabundle[1:] -> certificate; return the verified leaf.
+
+    Each link is checked first (ECDSA signature, name chaining, CA flag, validity at ``at``), so
+    that a failure names the certificate and the dates; then the whole path is validated by
+    ``cryptography.x509.verification`` (RFC 5280 section 6), which must build exactly this path.
+    """
+    root = _anchor(doc.cabundle[0], _trusted_roots(roots))
     chain = [_load_der(der, f"cabundle[{i}]") for i, der in enumerate(doc.cabundle[1:], 1)]
     leaf = _load_der(doc.certificate, "certificate")
-    for cert in [*chain, leaf]:
-        _check_is_ca(issuer)
-        _check_signed_by(cert, issuer)
-        issuer = cert
+    path = [root, *chain, leaf]
+    _x509.check_chain(
+        [(cert, "Nitro") for cert in path],
+        EvidenceError,
+        algorithms=_ECDSA_SIGNATURES,
+        algorithm_name="ECDSA",
+    )
     # Validity leaf first: the short-lived leaf (hours) is the usual culprit, name it.
-    for cert in [leaf, *reversed(chain), root]:
-        _check_validity(cert, at)
+    for cert in reversed(path):
+        _x509.check_validity(cert, at, "Nitro", EvidenceError)
+    _x509.validate_path(root, chain, leaf, at, "Nitro", EvidenceError)
     return leaf
 
 

@@ -1,8 +1,8 @@
-"""Verifier for AMD SEV-SNP attestation reports.
+"""Verifier for AMD SEV-SNP attestation reports, and the one place that knows their format.
 
-Format: the ATTESTATION_REPORT structure of the AMD SEV-SNP Firmware ABI Specification
-(pub. 56860, "Table 23. ATTESTATION_REPORT Structure" in rev. 1.57; "Table 21" in older
-revisions): 1184 (0x4A0) bytes, little-endian. Report versions 2 and 3 are parsed; version 3
+Format: the ATTESTATION_REPORT structure of the AMD SEV-SNP Firmware ABI Specification (AMD pub.
+56860, rev. 1.57, Table 23 "ATTESTATION_REPORT Structure"; the other structures are cited by
+name below): 1184 (0x4A0) bytes, little-endian. Report versions 2 and 3 are parsed; version 3
 only adds CPUID_FAM_ID/CPUID_MOD_ID/CPUID_STEP in bytes that version 2 reserves. Versions 4 and 5
 are accepted too: they only define further bytes that older versions reserve (mitigation
 vectors), which this verifier does not interpret.
@@ -17,6 +17,10 @@ are pinned in ``roots/``; the VCEK and the ASK come with the evidence as collate
 The VCEK is specific to one chip and one TCB version: its hwID extension must equal the report's
 CHIP_ID and its SPL extensions must equal the report's REPORTED_TCB.
 
+The producer (``tee/configfs_tsm``) and the KDS collateral provider (``collateral/amd``) use the
+parsing functions here (:func:`parse_report`, :func:`decode_tcb`, :func:`product_of`,
+:func:`vcek_hwid`, :func:`kds_name`) rather than knowing the layout themselves.
+
 Not supported: reports signed by a VLEK (SIGNING_KEY = 1) or by no key (7); revocation lists
 (the AMD CRLs are not fetched here). On Turin (family 1Ah) the TCB layout differs (an FMC SPL
 byte first) and the VCEK hwID is 8 bytes: only CHIP_ID[0:8] is compared then.
@@ -25,22 +29,23 @@ byte first) and the VCEK hwID is 8 bytes: only CHIP_ID[0:8] is compared then.
 from __future__ import annotations
 
 import struct
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat import asn1
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import SignatureAlgorithmOID
 
+from blindinfer.attestation import _x509
 from blindinfer.attestation.claims import Claims
 from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
 from blindinfer.errors import (
@@ -52,6 +57,8 @@ from blindinfer.errors import (
 )
 
 KIND = "snp"
+# Processor families with their own ARK, in this package's spelling (lower case). AMD spells
+# them capitalised ("Milan") in KDS URLs, certificate names and the VCEK productName: kds_name().
 PRODUCTS = ("milan", "genoa", "turin")
 
 # --- ATTESTATION_REPORT layout (ABI spec, Table 23) --------------------------------------------
@@ -75,7 +82,7 @@ OFF_COMMITTED_TCB, OFF_CURRENT_BUILD, OFF_COMMITTED_BUILD, OFF_LAUNCH_TCB = (
 SIG_COMPONENT = 72
 P384_BYTES = 48
 
-# GUEST_POLICY bits (ABI spec, Table 9 "Guest Policy Structure").
+# GUEST_POLICY bits (ABI spec, "Guest Policy Structure").
 POLICY_MIGRATE_MA = 1 << 18
 POLICY_DEBUG = 1 << 19
 # Flags at 0x48 (ABI spec, Table 23): bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_ID, bits 4:2 SIGNING_KEY.
@@ -94,9 +101,6 @@ TCB_OIDS = {
     "fmc": x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.9"),  # Turin only
 }
 TCB_PARTS = ("bootloader", "tee", "snp", "microcode")
-
-# All AMD certificates in the chain: RSASSA-PSS, SHA-384, MGF1-SHA-384, salt length 48.
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
 # --- parsing -----------------------------------------------------------------------------------
@@ -220,6 +224,34 @@ def decode_tcb(raw: bytes, product: str | None) -> dict[str, int]:
     return {"bootloader": raw[0], "tee": raw[1], "snp": raw[6], "microcode": raw[7]}
 
 
+def product_of(report: Report) -> str | None:
+    """The processor family from CPUID_FAM_ID/CPUID_MOD_ID (report version >= 3), else None.
+
+    Family 19h models 00h-0Fh are Milan; 10h-1Fh and A0h-AFh are Genoa (with Bergamo and
+    Siena, which share Genoa's ARK and KDS endpoint); family 1Ah models 00h-11h are Turin.
+    """
+    if report.version < 3:
+        return None
+    family, model, _stepping = report.cpuid
+    if family == 0x19 and model <= 0x0F:
+        return "milan"
+    if family == 0x19 and (0x10 <= model <= 0x1F or 0xA0 <= model <= 0xAF):
+        return "genoa"
+    if family == 0x1A and model <= 0x11:
+        return "turin"
+    return None
+
+
+def kds_name(product: str) -> str:
+    """AMD's spelling of a product (KDS path segment, ``ARK-Milan``, ``Milan-B0``)."""
+    return product.capitalize()
+
+
+def vcek_hwid(report: Report, product: str) -> bytes:
+    """The hwID a VCEK carries for this chip: CHIP_ID, of which Turin uses the first 8 bytes."""
+    return report.chip_id[:8] if product == "turin" else report.chip_id
+
+
 def detect(data: bytes) -> bool:
     try:
         if len(data) != REPORT_SIZE:
@@ -233,100 +265,76 @@ def detect(data: bytes) -> bool:
 
 # --- certificates ------------------------------------------------------------------------------
 
+# RSASSA-PSS-params (RFC 4055 section 3.1), decoded by cryptography's declarative ASN.1. AMD
+# encodes the default trailerField (1) explicitly, which strict DER forbids, hence no Default().
 
-def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
-    """Load one DER certificate or any number of PEM certificates.
 
-    AMD VCEKs carry serial number 0, which recent ``cryptography`` warns about; the warning is
-    silenced here only.
+@asn1.sequence
+class _HashAlgorithm:
+    algorithm: x509.ObjectIdentifier
+    parameters: asn1.Null | None
+
+
+@asn1.sequence
+class _MaskGenAlgorithm:
+    algorithm: x509.ObjectIdentifier
+    parameters: _HashAlgorithm
+
+
+@asn1.sequence
+class _PssParams:
+    hash_algorithm: Annotated[_HashAlgorithm, asn1.Explicit(0)]
+    mask_gen_algorithm: Annotated[_MaskGenAlgorithm, asn1.Explicit(1)]
+    salt_length: Annotated[int, asn1.Explicit(2)]
+    trailer_field: Annotated[int | None, asn1.Explicit(3)]
+
+
+@asn1.sequence
+class _PssAlgorithmIdentifier:
+    algorithm: x509.ObjectIdentifier
+    parameters: _PssParams
+
+
+@asn1.sequence
+class _Certificate:
+    """Certificate (RFC 5280 section 4.1) with an RSASSA-PSS signatureAlgorithm."""
+
+    tbs_certificate: asn1.TLV
+    signature_algorithm: _PssAlgorithmIdentifier
+    signature_value: asn1.BitString
+
+
+_SHA384 = x509.ObjectIdentifier("2.16.840.1.101.3.4.2.2")
+_MGF1 = x509.ObjectIdentifier("1.2.840.113549.1.1.8")
+
+
+def _check_pss_params(cert: x509.Certificate, role: str) -> None:
+    """All AMD certificates: RSASSA-PSS with SHA-384, MGF1-SHA-384, salt length 48 (KDS spec).
+
+    ``verify_directly_issued_by`` verifies with whatever parameters the certificate declares
+    (and has already made sure the signed and unsigned copies agree); this pins them.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            if data.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificates(data)
-            return [x509.load_der_x509_certificate(data)]
-    except Exception as exc:
-        raise CollateralError(
-            f"SEV-SNP collateral: {what} is not a valid certificate: {exc}"
-        ) from exc
-
-
-def _cn(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()
-
-
-def _check_validity(cert: x509.Certificate, role: str, at: datetime) -> None:
-    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if not nb <= at <= na:
-        raise CollateralError(
-            f"SEV-SNP {role} certificate {_cn(cert)!r} is not valid at {at.isoformat()}: "
-            f"valid from {nb.isoformat()} to {na.isoformat()}"
+        params = asn1.decode_der(_Certificate, cert.public_bytes(Encoding.DER))
+        pss = params.signature_algorithm.parameters
+        ok = (
+            pss.hash_algorithm.algorithm == _SHA384
+            and pss.mask_gen_algorithm.algorithm == _MGF1
+            and pss.mask_gen_algorithm.parameters.algorithm == _SHA384
+            and pss.salt_length == 48
+            and pss.trailer_field in (None, 1)
+        )
+    except ValueError:
+        ok = False
+    if not ok:
+        raise EvidenceError(
+            f"SEV-SNP {role} certificate {_x509.common_name(cert)!r} is not RSASSA-PSS signed "
+            f"with SHA-384, MGF1-SHA-384 and salt length 48"
         )
 
 
-def _der_header(buf: bytes, off: int) -> tuple[int, int]:
-    """(header length, content length) of the DER TLV at ``off`` (X.690 section 8.1)."""
-    first = buf[off + 1]
-    if first < 0x80:
-        return 2, first
-    n = first & 0x7F
-    if not 1 <= n <= 4:
-        raise EvidenceError("malformed DER length in certificate")
-    return 2 + n, int.from_bytes(buf[off + 2 : off + 2 + n], "big")
-
-
-def _tlv(buf: bytes, off: int) -> bytes:
-    hlen, clen = _der_header(buf, off)
-    return buf[off : off + hlen + clen]
-
-
-def _check_signature_algorithm_fields(cert: x509.Certificate, role: str) -> None:
-    """The unsigned outer signatureAlgorithm must equal the signed TBS ``signature`` field
-    (RFC 5280 section 4.1.1.2), so no byte of a certificate escapes the signature check."""
-    der = cert.public_bytes(serialization.Encoding.DER)
-    tbs = cert.tbs_certificate_bytes
-    outer_off = _der_header(der, 0)[0] + len(tbs)
-    off = _der_header(tbs, 0)[0]
-    if tbs[off] == 0xA0:  # [0] EXPLICIT version
-        off += len(_tlv(tbs, off))
-    off += len(_tlv(tbs, off))  # serialNumber
-    if _tlv(tbs, off) != _tlv(der, outer_off):
-        raise EvidenceError(
-            f"SEV-SNP {role} certificate {_cn(cert)!r}: signatureAlgorithm differs from the "
-            f"signed TBSCertificate signature field"
-        )
-
-
-def _check_pss_signed(cert: x509.Certificate, issuer: x509.Certificate, role: str) -> None:
-    """Name chaining and an RSASSA-PSS SHA-384 (salt 48) signature by ``issuer``."""
-    if cert.issuer != issuer.subject:
-        raise EvidenceError(
-            f"SEV-SNP {role} certificate {_cn(cert)!r} is issued by "
-            f"{cert.issuer.rfc4514_string()!r}, not by {issuer.subject.rfc4514_string()!r}"
-        )
-    _check_signature_algorithm_fields(cert, role)
-    key = issuer.public_key()
-    if cert.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS or not isinstance(
-        key, rsa.RSAPublicKey
-    ):
-        raise EvidenceError(f"SEV-SNP {role} certificate {_cn(cert)!r} is not RSASSA-PSS signed")
-    try:
-        key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS, hashes.SHA384())
-    except InvalidSignature:
-        raise EvidenceError(
-            f"SEV-SNP {role} certificate {_cn(cert)!r} signature by {_cn(issuer)!r} does not verify"
-        ) from None
-
-
-def _check_ca(cert: x509.Certificate, role: str) -> None:
-    try:
-        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
-    except (x509.ExtensionNotFound, ValueError):
-        bc = None
-    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
-        raise EvidenceError(f"SEV-SNP {role} certificate {_cn(cert)!r} is not a CA certificate")
+def _load_certs(data: bytes, what: str) -> list[x509.Certificate]:
+    return _x509.load_certs(data, f"SEV-SNP collateral: {what}", CollateralError)
 
 
 @cache
@@ -347,9 +355,9 @@ def _trusted_arks(roots: Sequence[bytes] | None) -> list[x509.Certificate]:
     return out
 
 
-def _product_of(ark: x509.Certificate) -> str | None:
+def _product_of_ark(ark: x509.Certificate) -> str | None:
     """AMD names its roots ``ARK-Milan``, ``ARK-Genoa``, ``ARK-Turin``."""
-    name = _cn(ark).lower()
+    name = _x509.common_name(ark).lower()
     return name[4:] if name.startswith("ark-") and name[4:] in PRODUCTS else None
 
 
@@ -357,7 +365,7 @@ def _find_ask(chain: list[x509.Certificate], vcek: x509.Certificate) -> x509.Cer
     for cert in chain:
         if cert.subject == vcek.issuer and cert.subject != cert.issuer:
             return cert
-    have = [_cn(c) for c in chain]
+    have = [_x509.common_name(c) for c in chain]
     raise EvidenceError(
         f"SEV-SNP chain has no ASK for VCEK issuer {vcek.issuer.rfc4514_string()!r} "
         f"(the chain holds {have}); is it the chain for the right product?"
@@ -371,14 +379,16 @@ def _find_ark(
     candidates = [a for a in trusted if a.subject == ask.issuer]
     if not candidates:
         raise EvidenceError(
-            f"SEV-SNP ASK {_cn(ask)!r} is issued by {ask.issuer.rfc4514_string()!r}, which is not "
-            f"a trusted AMD root (trusted: {[_cn(a) for a in trusted]})"
+            f"SEV-SNP ASK {_x509.common_name(ask)!r} is issued by {ask.issuer.rfc4514_string()!r},"
+            f" which is not a trusted AMD root (trusted: {[_x509.common_name(a) for a in trusted]})"
         )
     shipped = [c for c in chain if c.subject == ask.issuer and c.issuer == c.subject]
     for ark in candidates:
         if all(s.public_key() == ark.public_key() for s in shipped):
             return ark
-    raise EvidenceError(f"SEV-SNP chain's ARK {_cn(shipped[0])!r} is not the pinned AMD root")
+    raise EvidenceError(
+        f"SEV-SNP chain's ARK {_x509.common_name(shipped[0])!r} is not the pinned AMD root"
+    )
 
 
 @dataclass(frozen=True)
@@ -406,19 +416,24 @@ def verify_chain(
     chain = _load_certs(collateral["chain"], "chain")
     ask = _find_ask(chain, vcek)
     ark = _find_ark(ask, chain, _trusted_arks(roots))
-    _check_pss_signed(ark, ark, "ARK")
-    _check_pss_signed(ask, ark, "ASK")
-    _check_pss_signed(vcek, ask, "VCEK")
-    _check_ca(ark, "ARK")
-    _check_ca(ask, "ASK")
-    for cert, role in ((vcek, "VCEK"), (ask, "ASK"), (ark, "ARK")):
-        _check_validity(cert, role, at)
-    product = _product_of(ark)
+    path = [(ark, "SEV-SNP ARK"), (ask, "SEV-SNP ASK"), (vcek, "SEV-SNP VCEK")]
+    for cert, label in path:
+        _check_pss_params(cert, label.removeprefix("SEV-SNP "))
+    _x509.check_chain(
+        path,
+        EvidenceError,
+        algorithms={SignatureAlgorithmOID.RSASSA_PSS},
+        algorithm_name="RSASSA-PSS",
+    )
+    for cert, label in path[::-1]:
+        _x509.check_validity(cert, at, label, CollateralError)
+    product = _product_of_ark(ark)
     _check_product_name(vcek, product)
     return _Chain(vcek=vcek, ask=ask, ark=ark, product=product)
 
 
 def _ext_value(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
+    """The extnValue contents of an AMD extension (cryptography does not know these OIDs)."""
     try:
         ext = cert.extensions.get_extension_for_oid(oid).value
     except (x509.ExtensionNotFound, ValueError):
@@ -426,19 +441,25 @@ def _ext_value(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | No
     return ext.value if isinstance(ext, x509.UnrecognizedExtension) else None
 
 
-def _der_small_int(raw: bytes) -> int | None:
-    """A DER INTEGER with a short length (the VCEK SPL extensions hold one byte values)."""
-    if len(raw) < 3 or raw[0] != 0x02 or raw[1] != len(raw) - 2 or raw[1] > 8:
+def _ext_int(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
+    """An SPL extension: a DER INTEGER (KDS spec, "VCEK Certificate Extensions")."""
+    raw = _ext_value(cert, oid)
+    try:
+        return asn1.decode_der(int, raw) if raw is not None else None
+    except ValueError:
         return None
-    return int.from_bytes(raw[2:], "big", signed=True)
 
 
 def _check_product_name(vcek: x509.Certificate, product: str | None) -> None:
     """The VCEK productName extension (IA5String, e.g. "Milan-B0") must match the chain."""
     raw = _ext_value(vcek, OID_PRODUCT_NAME)
-    if raw is None or product is None or len(raw) < 2 or raw[0] != 0x16:
+    if raw is None or product is None:
         return
-    name = raw[2:].decode("ascii", "replace").split("-")[0].lower()
+    try:
+        text = asn1.decode_der(asn1.IA5String, raw).as_str()
+    except ValueError:
+        return  # as before: only a readable name that contradicts the chain is refused
+    name = text.split("-")[0].lower()
     if name in PRODUCTS and name != product:
         raise EvidenceError(f"SEV-SNP VCEK is for product {name!r} but its chain is {product!r}")
 
@@ -457,8 +478,7 @@ def _check_vcek_binding(report: Report, vcek: x509.Certificate, product: str | N
         )
     reported = decode_tcb(report.reported_tcb, product)
     for part, value in reported.items():
-        raw = _ext_value(vcek, TCB_OIDS[part])
-        cert_value = _der_small_int(raw) if raw is not None else None
+        cert_value = _ext_int(vcek, TCB_OIDS[part])
         if cert_value != value:
             raise EvidenceError(
                 f"SEV-SNP reported TCB {part} SPL is {value} but the VCEK was issued for "
