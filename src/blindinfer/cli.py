@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from blindinfer import _kinds
 from blindinfer.errors import (
     AttestationError,
     BackendUnavailable,
@@ -95,7 +96,7 @@ def serve(
     ] = None,
     tee: Annotated[
         str | None,
-        typer.Option(help="TEE backend: simulation, gramine-sgx, tdx, sev-snp, nitro"),
+        typer.Option(help=f"TEE backend: {_kinds.backend_names()}"),
     ] = None,
     tee_option: Annotated[
         list[str] | None, typer.Option(help="backend option KEY=VALUE (repeatable)")
@@ -329,9 +330,7 @@ def verify(
     cert: Annotated[Path | None, typer.Option(help="certificate the evidence must bind")] = None,
     policy: PolicyOpt = None,
     at: Annotated[str | None, typer.Option(help="verify as of this RFC 3339 time [now]")] = None,
-    kind: Annotated[
-        str | None, typer.Option(help="sgx, tdx, snp, nitro, simulation [detected]")
-    ] = None,
+    kind: Annotated[str | None, typer.Option(help=f"{_kinds.names()} [detected]")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify evidence offline. Without --policy: authenticity only (TCB status reported, not

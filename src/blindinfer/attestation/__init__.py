@@ -13,30 +13,32 @@ anchors shipped inside it). Each TEE kind lives in its own module exposing:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from datetime import datetime
 from types import ModuleType
 
+from blindinfer import _kinds
 from blindinfer.attestation.binding import check_binding
-from blindinfer.attestation.claims import KINDS, Claims, Evidence
+from blindinfer.attestation.claims import Claims, Evidence
 from blindinfer.attestation.policy import Policy
 from blindinfer.errors import EvidenceError
 
-__all__ = ["KINDS", "Claims", "Evidence", "Policy", "detect_kind", "verify_evidence"]
+__all__ = [
+    "KINDS",
+    "Claims",
+    "Evidence",
+    "Policy",
+    "detect_kind",
+    "kind_module",
+    "verify_evidence",
+]
 
-_MODULES = {
-    "simulation": "blindinfer.attestation.simulation",
-    "sgx": "blindinfer.attestation.sgx",
-    "tdx": "blindinfer.attestation.tdx",
-    "snp": "blindinfer.attestation.snp",
-    "nitro": "blindinfer.attestation.nitro",
-}
+KINDS = tuple(_kinds.KINDS)
 
 
 def kind_module(kind: str) -> ModuleType:
     """The verifier module for a kind (KeyError for an unknown kind)."""
-    return importlib.import_module(_MODULES[kind])
+    return _kinds.kind(kind).verifier_module()
 
 
 def detect_kind(data: bytes) -> str:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-KINDS = ("simulation", "sgx", "tdx", "snp", "nitro")
-
 
 @dataclass(frozen=True)
 class Evidence:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 import tomli_w
 
+from blindinfer import _kinds
 from blindinfer.attestation.claims import Claims
 from blindinfer.errors import ConfigError, PolicyError
 
@@ -69,19 +70,17 @@ class Policy:
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any]) -> Policy:
-        from blindinfer.attestation import kind_module
-
         kinds: dict[str, KindPolicy] = {}
         for kind, table in doc.items():
             if not isinstance(table, Mapping):
                 raise ConfigError(f"policy: [{kind}] must be a table")
             try:
-                mod = kind_module(kind)
+                row = _kinds.kind(kind)
             except KeyError:
                 raise ConfigError(
-                    f"policy: unknown TEE kind [{kind}]; use sgx, tdx, snp, nitro or simulation"
+                    f"policy: unknown TEE kind [{kind}]; use one of {_kinds.names()}"
                 ) from None
-            kinds[kind] = mod.KindPolicy.from_dict(table)
+            kinds[kind] = row.verifier_module().KindPolicy.from_dict(table)
         return cls(kinds)
 
     @classmethod
@@ -102,9 +101,8 @@ class Policy:
 
     @classmethod
     def from_claims(cls, claims: Claims) -> Policy:
-        from blindinfer.attestation import kind_module
-
-        return cls({claims.kind: kind_module(claims.kind).KindPolicy.from_claims(claims)})
+        policy = _kinds.kind(claims.kind).verifier_module().KindPolicy
+        return cls({claims.kind: policy.from_claims(claims)})
 
 
 def expect_hex_in(name: str, allowed: list[str] | None, actual: str) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from blindinfer import _kinds
 from blindinfer.collateral.cache import CollateralCache
 from blindinfer.errors import CollateralError
 
@@ -66,22 +67,31 @@ def default_provider(
     amd_product: str | None = None,
     kds_url: str | None = None,
 ) -> CollateralProvider | None:
-    """The standard provider for an evidence kind, caching under ``<data-dir>/collateral/``.
+    """The standard provider for an evidence kind (its row in ``_kinds``), caching under
+    ``<data-dir>/collateral/``; None for a kind that needs no collateral."""
+    factory = _kinds.collateral_factory(kind)
+    if factory is None:
+        return None
+    settings = {"pccs_url": pccs_url, "amd_product": amd_product, "kds_url": kds_url}
+    provider: CollateralProvider = factory(cache_for(data_dir), **settings)
+    return provider
 
-    sgx / tdx: DCAP collateral from ``pccs_url`` (default: Intel PCS); snp: AMD KDS
-    (``kds_url``, default kdsintf.amd.com; ``amd_product`` for reports that do not name their CPU);
-    any other kind: None.
-    """
-    cache = cache_for(data_dir)
-    if kind in ("sgx", "tdx"):
-        from blindinfer.collateral.dcap import INTEL_PCS_URL, DcapCollateralProvider
 
-        return DcapCollateralProvider(cache, pccs_url or INTEL_PCS_URL)
-    if kind == "snp":
-        from blindinfer.collateral.amd import KDS_URL, AmdKdsProvider
+def dcap_provider(cache: CollateralCache, *, pccs_url: str | None, **_: Any) -> CollateralProvider:
+    """sgx / tdx: DCAP collateral from ``pccs_url`` (default: Intel PCS)."""
+    from blindinfer.collateral.dcap import INTEL_PCS_URL, DcapCollateralProvider
 
-        return AmdKdsProvider(cache, product=amd_product, base_url=kds_url or KDS_URL)
-    return None
+    return DcapCollateralProvider(cache, pccs_url or INTEL_PCS_URL)
+
+
+def amd_provider(
+    cache: CollateralCache, *, amd_product: str | None, kds_url: str | None, **_: Any
+) -> CollateralProvider:
+    """snp: AMD KDS (``kds_url``, default kdsintf.amd.com; ``amd_product`` for reports that do
+    not name their CPU)."""
+    from blindinfer.collateral.amd import KDS_URL, AmdKdsProvider
+
+    return AmdKdsProvider(cache, product=amd_product, base_url=kds_url or KDS_URL)
 
 
 def provider_from_options(kind: str, data_dir: Path, options: dict[str, Any]) -> None:

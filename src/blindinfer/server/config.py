@@ -106,10 +106,10 @@ class Settings(BaseModel):
     @field_validator("tee")
     @classmethod
     def _known_tee(cls, v: str) -> str:
-        from blindinfer.tee import BACKENDS
+        from blindinfer import _kinds
 
-        if v not in BACKENDS:
-            raise ValueError(f"unknown TEE backend {v!r}; choose one of {', '.join(BACKENDS)}")
+        if v not in _kinds.BACKENDS:
+            raise ValueError(f"unknown TEE backend {v!r}; choose one of {_kinds.backend_names()}")
         return v
 
 

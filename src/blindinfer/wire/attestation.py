@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from blindinfer.attestation.claims import KINDS, Evidence
+from blindinfer import _kinds
+from blindinfer.attestation.claims import Evidence
 from blindinfer.errors import EvidenceError
 
 
@@ -44,8 +45,10 @@ class AttestationDocument:
         """Parse the endpoint's JSON; a malformed document raises EvidenceError."""
         try:
             kind = str(doc["kind"])
-            if kind not in KINDS:
-                raise EvidenceError(f"unknown evidence kind {kind!r}; expected one of {KINDS}")
+            if kind not in _kinds.KINDS:
+                raise EvidenceError(
+                    f"unknown evidence kind {kind!r}; expected one of {_kinds.names()}"
+                )
             raw = base64.b64decode(doc["evidence"], validate=True)
             coll = {
                 str(k): base64.b64decode(v, validate=True)
