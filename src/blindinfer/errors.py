@@ -129,6 +129,13 @@ class InsufficientStorage(ServerError):
     status = 507
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's text, capped: what a 4xx may quote from a library's
+    error (onnx, onnxruntime) without dumping a whole graph or stack into the reply."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def error_for_status(status: int, message: str) -> ServerError:
     """Rebuild the most specific ServerError subclass for a status the server sent."""
     cls: type[ServerError] = {

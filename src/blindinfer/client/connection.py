@@ -7,6 +7,7 @@ import os
 import secrets
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,23 @@ def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[
     return AttestationDocument.from_json(doc).evidence, reply.peer_certificate
 
 
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How a client judges a server's evidence: built once by ``attest``/``connect``.
+
+    ``policy`` None skips only the policy (used to write a policy from a server).
+    ``trust_roots`` maps a kind to DER roots that replace the vendor roots pinned in the package
+    (private PKIs and tests only). ``collateral_source(evidence)`` returns collateral to use
+    instead of what the server sent (your own PCCS or AMD KDS cache). ``at`` None means now."""
+
+    policy: Policy | None
+    simulation_mode: bool = False
+    timeout: float = 30.0
+    at: datetime | None = None
+    trust_roots: Mapping[str, Sequence[bytes]] = field(default_factory=dict)
+    collateral_source: CollateralSource | None = None
+
+
 def attest(
     url: str,
     policy: Policy | str | Path | Mapping[str, Any] | None = None,
@@ -120,36 +138,44 @@ def attest(
     """Fetch fresh evidence, verify it (authenticity, binding to the TLS certificate this very
     handshake showed, freshness nonce, policy) and return the claims and that certificate.
 
-    ``judge_policy=False`` skips only the policy (used to write a policy from a server).
-    ``trust_roots`` maps a kind to DER roots that replace the vendor roots pinned in the
-    package (private PKIs and tests only). ``collateral_source(evidence)`` returns collateral
-    to use instead of what the server sent (your own PCCS or AMD KDS cache)."""
-    base = _base_url(url)
+    ``judge_policy=False`` skips only the policy; the other options: see ``VerifyOptions``."""
+    opts = VerifyOptions(
+        _resolve_policy(policy, simulation_mode) if judge_policy else None,
+        simulation_mode,
+        timeout,
+        at,
+        trust_roots or {},
+        collateral_source,
+    )
+    return _attest(_base_url(url), opts)
+
+
+def _attest(base: str, opts: VerifyOptions) -> tuple[Claims, bytes]:
     nonce = secrets.token_bytes(32)
-    evidence, cert = fetch_evidence(base, nonce, timeout)
-    if evidence.kind == "simulation" and not simulation_mode:
+    evidence, cert = fetch_evidence(base, nonce, opts.timeout)
+    if evidence.kind == "simulation" and not opts.simulation_mode:
         raise PolicyError(
             f"{base} runs the SIMULATION TEE: its evidence is signed by a software key and gives "
             "no hardware protection. Refusing to send data. For development only, pass "
             "simulation_mode=True (CLI: --simulation)"
         )
-    if collateral_source is not None:
-        evidence = Evidence(evidence.kind, evidence.evidence, dict(collateral_source(evidence)))
-    when = at or datetime.now(UTC)
+    if opts.collateral_source is not None:
+        collateral = dict(opts.collateral_source(evidence))
+        evidence = Evidence(evidence.kind, evidence.evidence, collateral)
     claims = verify_evidence(
         evidence,
-        at=when,
-        policy=_resolve_policy(policy, simulation_mode) if judge_policy else None,
+        at=opts.at or datetime.now(UTC),
+        policy=opts.policy,
         certificate_der=cert,
         nonce=nonce,
-        roots=(trust_roots or {}).get(evidence.kind),
+        roots=opts.trust_roots.get(evidence.kind),
     )
     if claims.insecure:
         warnings.warn(
             f"connected to {base} in SIMULATION mode: there is NO hardware protection, the "
             "operator of that machine can read your inputs and outputs",
             InsecureSimulationWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return claims, cert
 
@@ -312,14 +338,15 @@ def connect(
     deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable.
     ``trust_roots`` and ``collateral_source``: see ``attest``."""
     base = _base_url(url)
-    claims, cert = attest(
-        base,
-        policy,
-        simulation_mode=simulation_mode,
-        timeout=timeout,
-        trust_roots=trust_roots,
-        collateral_source=collateral_source,
+    opts = VerifyOptions(
+        _resolve_policy(policy, simulation_mode),
+        simulation_mode,
+        timeout,
+        None,
+        trust_roots or {},
+        collateral_source,
     )
+    claims, cert = _attest(base, opts)
     return Connection(base, claims, cert, token or os.environ.get(TOKEN_ENV), timeout)
 
 
@@ -328,6 +355,7 @@ __all__ = [
     "InsecureSimulationWarning",
     "ModelInfo",
     "ServerError",
+    "VerifyOptions",
     "attest",
     "connect",
 ]

@@ -32,6 +32,7 @@ from blindinfer.errors import (
     ModelNotFound,
     PayloadTooLarge,
     StoreError,
+    first_line,
 )
 from blindinfer.storage.sealed import SealedStore
 from blindinfer.wire.models import ModelInfo, TensorSpec
@@ -84,11 +85,6 @@ def session_options(opts: EngineOptions) -> Any:
 MAX_ABANDONED_LOADS = 2
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name) or _HEX64_RE.match(name) or _UUID_RE.match(name.lower()):
         raise InvalidInput(
@@ -130,7 +126,7 @@ class ModelRegistry:
                 "abandoned"
             ) from None
         except Exception as exc:  # onnxruntime raises its own untyped exception classes
-            raise InvalidModel(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+            raise InvalidModel(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
         sig = signature_of(session)
         info = ModelInfo(
             model_id=model_id,
@@ -361,4 +357,4 @@ class ModelRegistry:
             )
         if isinstance(exc, MemoryError):
             return LimitExceeded(f"the run of model {model.info.name!r} ran out of memory")
-        return InvalidInput(f"model {model.info.name!r} rejected the inputs: {_first_line(exc)}")
+        return InvalidInput(f"model {model.info.name!r} rejected the inputs: {first_line(exc)}")

@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError, Message
 
-from blindinfer.errors import InvalidModel
+from blindinfer.errors import InvalidModel, first_line
 from blindinfer.wire.models import TensorSpec
 from blindinfer.wire.tensors import ONNX_TO_DATATYPE
 
@@ -138,8 +138,7 @@ def parse_model(data: bytes, *, max_inlined_nodes: int = MAX_INLINED_NODES) -> N
     try:
         onnx.checker.check_model(data)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-        raise InvalidModel(f"the ONNX model failed validation: {first[:300]}") from exc
+        raise InvalidModel(f"the ONNX model failed validation: {first_line(exc)}") from exc
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from blindinfer.engine.demo import DEMO_NAME, demo_model_bytes
 from blindinfer.engine.registry import EngineOptions, ModelRegistry
-from blindinfer.errors import ConfigError
+from blindinfer.errors import ConfigError, StoreError
 from blindinfer.server.app import build_app
 from blindinfer.server.coalesce import coalescing
 from blindinfer.server.config import Settings
@@ -32,11 +30,13 @@ from blindinfer.server.protocol import ConnectionLimits, guarded
 from blindinfer.server.state import Listener, ServerState
 from blindinfer.server.tls import generate_identity
 from blindinfer.storage.sealed import SealedStore
+from blindinfer.storage.secrets import SealedSecret
 from blindinfer.tee import TeeBackend, create_backend
 
 log = logging.getLogger("blindinfer.server")
 
 OWNER_TOKEN_FILE = "owner-token.sealed"
+OWNER_TOKEN_PURPOSE = b"blindinfer-owner-token-v1"
 
 
 def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, str | None]:
@@ -47,24 +47,17 @@ def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, 
     """
     if settings.owner_token:
         return hashlib.sha256(settings.owner_token.encode()).digest(), None
-    path = settings.data_dir / OWNER_TOKEN_FILE
-    aead = AESGCM(sealing_key)
-    aad = b"blindinfer-owner-token-v1"
-    if path.exists():
-        blob = path.read_bytes()
+    sealed = SealedSecret(settings.data_dir / OWNER_TOKEN_FILE, sealing_key, OWNER_TOKEN_PURPOSE)
+    if sealed.exists():
         try:
-            return aead.decrypt(blob[:12], blob[12:], aad), None
-        except (InvalidTag, ValueError):
+            return sealed.load(), None
+        except StoreError as exc:
             raise ConfigError(
-                f"{path} cannot be unsealed (other TEE identity or tampered); remove it to "
-                "generate a new owner token, or pass --owner-token"
+                f"{exc}; remove it to generate a new owner token, or pass --owner-token"
             ) from None
     token = secrets.token_urlsafe(32)
     digest = hashlib.sha256(token.encode()).digest()
-    nonce = os.urandom(12)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(nonce + aead.encrypt(nonce, digest, aad))
+    sealed.create(digest)
     return digest, token
 
 
