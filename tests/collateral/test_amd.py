@@ -115,10 +115,10 @@ def with_cpuid(report: bytes, family: int, model: int) -> bytes:
 
 
 def test_product_from_cpuid(report: bytes) -> None:
-    assert product_from_report(with_cpuid(report, 0x19, 0x01)) == "Milan"
-    assert product_from_report(with_cpuid(report, 0x19, 0x11)) == "Genoa"
-    assert product_from_report(with_cpuid(report, 0x19, 0xA0)) == "Genoa"
-    assert product_from_report(with_cpuid(report, 0x1A, 0x02)) == "Turin"
+    assert product_from_report(with_cpuid(report, 0x19, 0x01)) == "milan"
+    assert product_from_report(with_cpuid(report, 0x19, 0x11)) == "genoa"
+    assert product_from_report(with_cpuid(report, 0x19, 0xA0)) == "genoa"
+    assert product_from_report(with_cpuid(report, 0x1A, 0x02)) == "turin"
     assert product_from_report(with_cpuid(report, 0x17, 0x31)) is None
 
 
@@ -140,3 +140,11 @@ def test_kds_errors_are_collateral_errors(report: bytes, tmp_path: Path) -> None
         AmdKdsProvider(CollateralCache(tmp_path), product="Milan", get=lambda url: b"junk")(report)
     with pytest.raises(CollateralError, match="1184"):
         AmdKdsProvider(CollateralCache(tmp_path), product="Milan")(report[:100])
+
+
+def test_product_spellings_are_one(report: bytes) -> None:
+    """AMD's spelling is accepted and normalised; URLs use AMD's spelling again."""
+    assert ReportedTcb.decode(0x4400000000000502, "milan") == ReportedTcb(2, 5, 0, 0x44)
+    milan = vcek_url("https://kds", "milan", with_cpuid(report, 0x19, 0x01))
+    assert milan == vcek_url("https://kds", "Milan", with_cpuid(report, 0x19, 0x01))
+    assert milan.startswith("https://kds/vcek/v1/Milan/")

@@ -14,9 +14,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.errors import CollateralError
 from blindinfer.tee import create_backend
-from blindinfer.tee.base import BackendUnavailable
+from blindinfer.tee.base import SEALING_KEY_ENV, BackendUnavailable
 from blindinfer.tee.configfs_tsm import (
-    SEALING_KEY_ENV,
     ConfigfsTsmBackend,
     OsTsmFs,
     parse_cert_table,
@@ -253,7 +252,7 @@ def test_create_snp_through_registry(tmp_path: Path, snp_report: bytes) -> None:
     )
     assert (b.name, b.kind, b.insecure) == ("sev-snp", "snp", False)
     provider = b._collateral  # type: ignore[attr-defined]
-    assert (provider.product, provider.base_url) == ("Milan", "http://k")
+    assert (provider.product, provider.base_url) == ("milan", "http://k")
     assert fs.live_entries() == []  # the start-up probe cleaned up
 
 
@@ -299,3 +298,11 @@ def test_string_options_from_the_command_line(tmp_path: Path, snp_report: bytes)
         "sev-snp", tmp_path / "d", tsm_root=str(fs.root), fs=fs, privlevel="1", retries="2"
     )
     assert snp_report_data(b.get_evidence(RD).evidence) == RD
+
+
+def test_report_data_parsers_are_the_verifiers(snp_report: bytes, tdx_quote: bytes) -> None:
+    """Producer checks use attestation/'s parsers: wrong sizes and cut quotes are ValueErrors."""
+    with pytest.raises(ValueError, match="1184"):
+        snp_report_data(snp_report[:0x90])
+    with pytest.raises(ValueError, match="truncated"):
+        quote_report_data(tdx_quote[:700])

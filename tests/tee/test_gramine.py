@@ -175,3 +175,9 @@ def test_quote_report_data_parser(real_quote: bytes, vectors: Path) -> None:
     assert quote_report_data(real_quote) == b"Hello, world!".ljust(64, b"\x00")
     with pytest.raises(ValueError, match="not an SGX quote v3"):
         quote_report_data((vectors / "tdx" / "tdx_quote").read_bytes())
+
+
+def test_quote_report_data_uses_the_strict_layout_parse(real_quote: bytes) -> None:
+    """The producer reads REPORTDATA with the verifier's parser: a cut quote is refused."""
+    with pytest.raises(ValueError, match="truncated"):
+        quote_report_data(real_quote[:600])

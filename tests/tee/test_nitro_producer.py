@@ -10,8 +10,7 @@ import cbor2
 import pytest
 
 from blindinfer.tee import create_backend
-from blindinfer.tee.base import BackendUnavailable
-from blindinfer.tee.configfs_tsm import SEALING_KEY_ENV
+from blindinfer.tee.base import SEALING_KEY_ENV, BackendUnavailable
 from blindinfer.tee.nitro import NitroBackend, document_user_data
 from tests.tee.emulation import FakeNsm, nitro_document_with_user_data
 

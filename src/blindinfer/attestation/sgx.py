@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from blindinfer.attestation import _dcap
 from blindinfer.attestation.claims import Claims
 from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
-from blindinfer.errors import ConfigError, PolicyError
+from blindinfer.errors import ConfigError, EvidenceError, PolicyError
 
 KIND = "sgx"
 QUOTE_VERSION = 3
@@ -34,6 +34,20 @@ DEBUG_FLAG = 0x02
 def detect(data: bytes) -> bool:
     """Quote v3 header with attestation key type 2 (ECDSA P-256) and TEE type 0 (SGX)."""
     return _dcap.header_fields(data) == (QUOTE_VERSION, _dcap.ECDSA_P256, _dcap.TEE_SGX)
+
+
+def quote_report_data(quote: bytes) -> bytes:
+    """REPORTDATA of an SGX quote v3, located by the strict layout parse (not verified).
+
+    For the producer (``tee/gramine``), which checks that a quote carries what it asked for.
+    """
+    layout = _dcap.parse_layout(bytes(quote))
+    if layout.version != QUOTE_VERSION or layout.tee_type != _dcap.TEE_SGX:
+        raise EvidenceError(
+            f"not an SGX quote v3 (version {layout.version}, TEE type {layout.tee_type:#x})"
+        )
+    report_data: bytes = REPORT_BODY.unpack(layout.body)[-1]
+    return report_data
 
 
 def _claims(result: _dcap.DcapResult, at: datetime) -> Claims:

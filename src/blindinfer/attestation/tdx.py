@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from blindinfer.attestation import _dcap
 from blindinfer.attestation.claims import Claims
 from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
-from blindinfer.errors import PolicyError
+from blindinfer.errors import EvidenceError, PolicyError
 
 KIND = "tdx"
 QUOTE_VERSIONS = (4, 5)
@@ -36,6 +36,20 @@ def detect(data: bytes) -> bool:
     """Quote v4 or v5 header with TEE type 0x81 (TDX)."""
     head = _dcap.header_fields(data)
     return head is not None and head[0] in QUOTE_VERSIONS and head[2] == _dcap.TEE_TDX
+
+
+def quote_report_data(quote: bytes) -> bytes:
+    """REPORTDATA of a TDX quote v4/v5, located by the strict layout parse (not verified).
+
+    For the producer (``tee/configfs_tsm``), which checks that a quote carries what it asked for.
+    """
+    layout = _dcap.parse_layout(bytes(quote))
+    if layout.version not in QUOTE_VERSIONS or layout.tee_type != _dcap.TEE_TDX:
+        raise EvidenceError(
+            f"not a TDX quote v4/v5 (version {layout.version}, TEE type {layout.tee_type:#x})"
+        )
+    report_data: bytes = TD10_BODY.unpack_from(layout.body)[-1]
+    return report_data
 
 
 def _claims(result: _dcap.DcapResult, at: datetime) -> Claims:

@@ -8,13 +8,15 @@ pub. 57230) serves:
   the SPLs are the report's REPORTED_TCB components;
 - ``GET {base}/vcek/v1/{product}/cert_chain`` -> ASK then ARK (PEM).
 
+The report is read with the verifier's own parser (:mod:`blindinfer.attestation.snp`: layout,
+TCB decoding, product names, hwID), so the two sides cannot disagree about the format.
+
 A VCEK depends only on the chip and the TCB it reports, so the cache key is (product, chip id,
 reported TCB) and one fetch serves every later report of the same machine.
 """
 
 from __future__ import annotations
 
-import struct
 import urllib.error
 import urllib.request
 import warnings
@@ -24,22 +26,30 @@ from datetime import datetime
 
 from cryptography import x509
 
+from blindinfer.attestation import snp
 from blindinfer.collateral.cache import CollateralCache
-from blindinfer.errors import CollateralError
+from blindinfer.errors import AttestationError, CollateralError
 
 KDS_URL = "https://kdsintf.amd.com"
-PRODUCTS = ("Milan", "Genoa", "Turin")
+PRODUCTS = snp.PRODUCTS
 
 HttpGet = Callable[[str], bytes]
 """GET a URL and return the body; raise CollateralError on any failure or non-200 answer."""
 
-# ATTESTATION_REPORT structure, SEV-SNP Firmware ABI spec (AMD pub. 56860), Table 22 (rev 1.55).
-_VERSION = 0x000
-_REPORTED_TCB = 0x180
-_CPUID_FAM = 0x188  # version >= 3 only
-_CPUID_MOD = 0x189
-_CHIP_ID = slice(0x1A0, 0x1E0)
-_REPORT_LEN = 0x4A0
+
+def _product(name: str) -> str:
+    """A product name in this package's spelling; AMD's ("Milan") is accepted too."""
+    product = name.lower()
+    if product not in PRODUCTS:
+        raise CollateralError(f"unknown AMD product {name!r}; use one of {PRODUCTS}")
+    return product
+
+
+def _parse(report: bytes) -> snp.Report:
+    try:
+        return snp.parse_report(bytes(report))
+    except AttestationError as exc:
+        raise CollateralError(f"cannot look up a VCEK for this evidence: {exc}") from exc
 
 
 def urllib_get(url: str, timeout: float = 15.0) -> bytes:
@@ -54,7 +64,7 @@ def urllib_get(url: str, timeout: float = 15.0) -> bytes:
 
 @dataclass(frozen=True)
 class ReportedTcb:
-    """REPORTED_TCB split per product (TCB_VERSION layout: ABI spec Table 3; Turin adds FMC)."""
+    """REPORTED_TCB split per product (:func:`blindinfer.attestation.snp.decode_tcb`)."""
 
     bootloader: int
     tee: int
@@ -64,10 +74,7 @@ class ReportedTcb:
 
     @classmethod
     def decode(cls, raw: int, product: str) -> ReportedTcb:
-        b = raw.to_bytes(8, "little")
-        if product == "Turin":
-            return cls(bootloader=b[1], tee=b[2], snp=b[3], microcode=b[7], fmc=b[0])
-        return cls(bootloader=b[0], tee=b[1], snp=b[6], microcode=b[7])
+        return cls(**snp.decode_tcb(raw.to_bytes(8, "little"), _product(product)))
 
     def query(self) -> str:
         q = f"blSPL={self.bootloader}&teeSPL={self.tee}&snpSPL={self.snp}&ucodeSPL={self.microcode}"
@@ -75,30 +82,21 @@ class ReportedTcb:
 
 
 def product_from_report(report: bytes) -> str | None:
-    """Product name from CPUID family/model (report version >= 3), None when not recorded."""
-    if len(report) < _REPORT_LEN or struct.unpack_from("<I", report, _VERSION)[0] < 3:
-        return None
-    family, model = report[_CPUID_FAM], report[_CPUID_MOD]
-    if family == 0x19 and model <= 0x0F:
-        return "Milan"
-    if family == 0x19 and (0x10 <= model <= 0x1F or 0xA0 <= model <= 0xAF):
-        return "Genoa"  # Genoa, Bergamo and Siena share Genoa's KDS endpoint and ARK
-    if family == 0x1A and model <= 0x11:
-        return "Turin"
-    return None
+    """Product from CPUID family/model (report version >= 3), None when not recorded."""
+    return snp.product_of(_parse(report))
 
 
 def vcek_url(base: str, product: str, report: bytes) -> str:
     """The KDS URL of the VCEK that signs ``report``."""
-    (raw_tcb,) = struct.unpack_from("<Q", report, _REPORTED_TCB)
-    chip_id = report[_CHIP_ID]
-    hwid = chip_id[:8] if product == "Turin" else chip_id
-    tcb = ReportedTcb.decode(raw_tcb, product)
-    return f"{base.rstrip('/')}/vcek/v1/{product}/{hwid.hex()}?{tcb.query()}"
+    product = _product(product)
+    parsed = _parse(report)
+    tcb = ReportedTcb.decode(int.from_bytes(parsed.reported_tcb, "little"), product)
+    hwid = snp.vcek_hwid(parsed, product)
+    return f"{base.rstrip('/')}/vcek/v1/{snp.kds_name(product)}/{hwid.hex()}?{tcb.query()}"
 
 
 def chain_url(base: str, product: str) -> str:
-    return f"{base.rstrip('/')}/vcek/v1/{product}/cert_chain"
+    return f"{base.rstrip('/')}/vcek/v1/{snp.kds_name(_product(product))}/cert_chain"
 
 
 def _load_der(der: bytes, what: str) -> x509.Certificate:
@@ -129,8 +127,9 @@ def collateral_expiry(items: Mapping[str, bytes]) -> datetime:
 class AmdKdsProvider:
     """A CollateralProvider for SNP reports: ``provider(report) -> {"vcek": DER, "chain": PEM}``.
 
-    ``product`` ("Milan", "Genoa", "Turin") is needed for reports older than version 3, which do
-    not record the CPU family; newer reports name it themselves.
+    ``product`` ("milan", "genoa", "turin"; AMD's "Milan" spelling is accepted too) is needed
+    for reports older than version 3, which do not record the CPU family; newer reports name it
+    themselves.
     """
 
     def __init__(
@@ -141,15 +140,13 @@ class AmdKdsProvider:
         base_url: str = KDS_URL,
         get: HttpGet = urllib_get,
     ) -> None:
-        if product is not None and product not in PRODUCTS:
-            raise CollateralError(f"unknown AMD product {product!r}; use one of {PRODUCTS}")
         self.cache = cache
-        self.product = product
+        self.product = _product(product) if product is not None else None
         self.base_url = base_url
         self._get = get
 
-    def _product(self, report: bytes) -> str:
-        product = self.product or product_from_report(report)
+    def _product(self, report: snp.Report) -> str:
+        product = self.product or snp.product_of(report)
         if product is None:
             raise CollateralError(
                 "the SNP report does not name its CPU product (report version < 3); configure"
@@ -158,12 +155,11 @@ class AmdKdsProvider:
         return product
 
     def __call__(self, evidence: bytes) -> dict[str, bytes]:
-        if len(evidence) < _REPORT_LEN:
-            raise CollateralError(f"SNP report is {len(evidence)} bytes, expected {_REPORT_LEN}")
-        product = self._product(evidence)
+        report = _parse(evidence)
+        product = self._product(report)
         url = vcek_url(self.base_url, product, evidence)
-        (raw_tcb,) = struct.unpack_from("<Q", evidence, _REPORTED_TCB)
-        key = f"amd-{product.lower()}-{evidence[_CHIP_ID].hex()}-{raw_tcb:016x}"
+        raw_tcb = int.from_bytes(report.reported_tcb, "little")
+        key = f"amd-{product}-{report.chip_id.hex()}-{raw_tcb:016x}"
 
         def fetch() -> dict[str, bytes]:
             vcek = self._get(url)

@@ -17,7 +17,7 @@ the configfs semantics, which regular files cannot have.
 
 Neither TDX nor configfs-tsm offers a sealing key: on TDX and SNP the model store's key must come
 from a key broker that releases it after verifying this TEE's evidence. Until one is wired in,
-the key is read from ``BLINDINFER_SEALING_KEY_FILE`` (see :func:`load_sealing_key_file`).
+the key is read from ``BLINDINFER_SEALING_KEY_FILE`` (see :func:`.base.load_sealing_key_file`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from blindinfer.attestation import snp, tdx
 from blindinfer.attestation.claims import Evidence
 from blindinfer.collateral import CollateralProvider, collect, provider_from_options
-from blindinfer.tee.base import BackendUnavailable
+from blindinfer.errors import AttestationError
+from blindinfer.tee.base import BackendUnavailable, load_sealing_key_file
 
 log = logging.getLogger(__name__)
 
 TSM_ROOT = Path("/sys/kernel/config/tsm/report")
-SEALING_KEY_ENV = "BLINDINFER_SEALING_KEY_FILE"
 
 # name -> (evidence kind, expected configfs-tsm provider)
 _FLAVOURS = {"tdx": ("tdx", "tdx_guest"), "sev-snp": ("snp", "sev_guest")}
@@ -87,30 +88,19 @@ class GenerationConflict(RuntimeError):
 
 
 def quote_report_data(quote: bytes) -> bytes:
-    """report_data of a TDX quote (Intel TDX DCAP Quoting Library API, Quote Format v4/v5).
-
-    v4: 48-byte header, then the TD report body with REPORTDATA at body offset 520.
-    v5: 48-byte header, then body type (u16) and size (u32), then the body.
-    """
-    if len(quote) < 48:
-        raise ValueError(f"TDX quote too short ({len(quote)} bytes)")
-    version, _, tee_type = struct.unpack_from("<HHI", quote, 0)
-    if tee_type != 0x81:
-        raise ValueError(f"not a TDX quote (TEE type {tee_type:#x})")
-    body = 48 if version == 4 else 54 if version == 5 else None
-    if body is None:
-        raise ValueError(f"unsupported TDX quote version {version}")
-    start = body + 520
-    if len(quote) < start + 64:
-        raise ValueError(f"TDX quote too short ({len(quote)} bytes)")
-    return quote[start : start + 64]
+    """report_data of a TDX quote v4/v5 (the verifier's parser); ValueError if it is not one."""
+    try:
+        return tdx.quote_report_data(quote)
+    except AttestationError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def snp_report_data(report: bytes) -> bytes:
-    """REPORT_DATA of an SNP ATTESTATION_REPORT (SEV-SNP ABI spec Table 22: offset 0x50)."""
-    if len(report) < 0x4A0:
-        raise ValueError(f"SNP report is {len(report)} bytes, expected 1184")
-    return report[0x50:0x90]
+    """REPORT_DATA of an SNP ATTESTATION_REPORT (the verifier's parser); ValueError if malformed."""
+    try:
+        return snp.parse_report(bytes(report)).report_data
+    except AttestationError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def parse_cert_table(table: bytes) -> dict[bytes, bytes]:
@@ -146,39 +136,6 @@ def snp_collateral_from_auxblob(auxblob: bytes) -> dict[str, bytes]:
         log.warning("ignoring malformed SNP certificate table in auxblob: %s", exc)
         return {}
     return {"vcek": certs[_VCEK_GUID], "chain": chain}
-
-
-# --- sealing key -------------------------------------------------------------------------------
-
-
-def load_sealing_key_file(path: str | os.PathLike[str] | None, tee: str) -> bytes:
-    """A 32-byte sealing key from a file (raw 32 bytes, or 64 hex digits).
-
-    For TEEs without a hardware sealing interface (TDX, SNP via configfs-tsm, Nitro). The file
-    must be provided to the TEE by something that checked its evidence first (a key broker such
-    as a KMS with attestation conditions); a key file on the host's disk protects nothing.
-    """
-    name = path if path is not None else os.environ.get(SEALING_KEY_ENV)
-    if not name:
-        raise BackendUnavailable(
-            f"{tee} has no hardware sealing key: set {SEALING_KEY_ENV} (or the sealing_key_file"
-            " option) to a 32-byte key released to this TEE by a key broker after attestation"
-        )
-    try:
-        raw = Path(name).read_bytes()
-    except OSError as exc:
-        raise BackendUnavailable(f"cannot read the sealing key file {name}: {exc}") from exc
-    if len(raw) == 32:
-        return raw
-    try:
-        key = bytes.fromhex(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise BackendUnavailable(
-            f"sealing key file {name} must hold exactly 32 bytes (or 64 hex digits)"
-        )
-    return key
 
 
 # --- backend -----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ quote's REPORTDATA is compared with what was written before it is handed out.
 
 from __future__ import annotations
 
-import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,28 +21,23 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from blindinfer.attestation import sgx
 from blindinfer.attestation.claims import Evidence
 from blindinfer.collateral import CollateralProvider, collect, provider_from_options
+from blindinfer.errors import AttestationError
 from blindinfer.tee.base import BackendUnavailable
 
 ATTESTATION_ROOT = Path("/dev/attestation")
 SEALING_KEY = "keys/_sgx_mrenclave"
 _SEALING_INFO = b"blindinfer model store sealing key v1 (sgx mrenclave)"
 
-# Intel SGX ECDSA Quote Library API, Quote Format v3: 48-byte header (version u16, attestation
-# key type u16, reserved u32, ...), then the 384-byte ISV enclave report body, REPORTDATA at 320.
-_HEADER_LEN = 48
-_REPORT_DATA = slice(_HEADER_LEN + 320, _HEADER_LEN + 384)
-
 
 def quote_report_data(quote: bytes) -> bytes:
-    """REPORTDATA of an SGX quote v3; ValueError when the bytes are not one."""
-    if len(quote) < _REPORT_DATA.stop:
-        raise ValueError(f"SGX quote too short ({len(quote)} bytes)")
-    version, _key_type, tee_type = struct.unpack_from("<HHI", quote, 0)
-    if version != 3 or tee_type != 0:
-        raise ValueError(f"not an SGX quote v3 (version {version}, TEE type {tee_type:#x})")
-    return quote[_REPORT_DATA]
+    """REPORTDATA of an SGX quote v3 (the verifier's parser); ValueError when it is not one."""
+    try:
+        return sgx.quote_report_data(quote)
+    except AttestationError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 class GramineSgxBackend:

@@ -16,15 +16,13 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
-import cbor2
-
+from blindinfer.attestation import nitro
 from blindinfer.attestation.claims import Evidence
-from blindinfer.tee.base import BackendUnavailable
-from blindinfer.tee.configfs_tsm import load_sealing_key_file
+from blindinfer.errors import AttestationError
+from blindinfer.tee.base import BackendUnavailable, load_sealing_key_file
 
 NSM_DEVICE = Path("/dev/nsm")
 
@@ -46,22 +44,15 @@ class NsmModule(Protocol):
 
 
 def document_user_data(document: bytes) -> bytes | None:
-    """``user_data`` from a COSE_Sign1 attestation document (not verified: a producer check)."""
+    """``user_data`` of an attestation document, read with the verifier's parser (not verified:
+    a producer check); BackendUnavailable when the document is malformed."""
     try:
-        msg = cbor2.loads(document)
-        if isinstance(msg, cbor2.CBORTag) and msg.tag == 18:  # COSE_Sign1 tag, RFC 9052 4.2
-            msg = msg.value
-        if not isinstance(msg, list | tuple) or len(msg) != 4 or not isinstance(msg[2], bytes):
-            raise ValueError("not a COSE_Sign1 array")
-        payload = cbor2.loads(msg[2])
-        if not isinstance(payload, Mapping):
-            raise ValueError("payload is not a map")
-    except (ValueError, cbor2.CBORDecodeError) as exc:
+        payload = nitro.parse_payload(nitro.parse_cose_sign1(document).payload)
+    except AttestationError as exc:
         raise BackendUnavailable(
             f"the NSM returned a malformed attestation document: {exc}"
         ) from exc
-    value = payload.get("user_data")
-    return value if isinstance(value, bytes) else None
+    return payload.user_data
 
 
 def _import_nsm() -> NsmModule:
