@@ -61,7 +61,7 @@ KIND = "snp"
 # them capitalised ("Milan") in KDS URLs, certificate names and the VCEK productName: kds_name().
 PRODUCTS = ("milan", "genoa", "turin")
 
-# --- ATTESTATION_REPORT layout (ABI spec, Table 23) --------------------------------------------
+# --- ATTESTATION_REPORT layout (ABI spec, see the module docstring) --------------------------
 REPORT_SIZE = 0x4A0
 SIGNED_END = 0x2A0  # the signature covers bytes 0x000..0x29F
 SUPPORTED_VERSIONS = (2, 3, 4, 5)
@@ -85,7 +85,7 @@ P384_BYTES = 48
 # GUEST_POLICY bits (ABI spec, "Guest Policy Structure").
 POLICY_MIGRATE_MA = 1 << 18
 POLICY_DEBUG = 1 << 19
-# Flags at 0x48 (ABI spec, Table 23): bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_ID, bits 4:2 SIGNING_KEY.
+# Flags at 0x48 (ATTESTATION_REPORT): bit 0 AUTHOR_KEY_EN, bit 1 MASK_CHIP_ID, bits 4:2 SIGNING_KEY.
 FLAG_AUTHOR_KEY_EN = 1 << 0
 FLAG_MASK_CHIP_ID = 1 << 1
 SIGNING_KEY_NAMES = {0: "VCEK", 1: "VLEK", 7: "none"}
@@ -148,7 +148,7 @@ def _bytes(raw: bytes, off: int, size: int) -> bytes:
 
 
 def _version_triplet(raw: bytes, off: int) -> tuple[int, int, int]:
-    """BUILD, MINOR, MAJOR bytes (ABI spec Table 23, CURRENT_*/COMMITTED_*) -> (maj, min, b)."""
+    """BUILD, MINOR, MAJOR bytes (ATTESTATION_REPORT CURRENT_*/COMMITTED_*) -> (maj, min, b)."""
     build, minor, major = raw[off], raw[off + 1], raw[off + 2]
     return (major, minor, build)
 
