@@ -312,9 +312,9 @@ def test_sniffing_protocol_serves_http_and_https_on_one_port(tmp_path: Path) -> 
     """In process, on asyncio and uvloop: the unattested app behind the TLS sniffer."""
     import uvicorn
 
+    from blindinfer.server._internals import http_protocol_class
     from blindinfer.server.compat import build_compat_apps
     from blindinfer.server.compat import sniffing_protocol as sniff
-    from blindinfer.server.compat.sniff import _uvicorn_http_protocol
     from blindinfer.server.config import Settings
     from blindinfer.server.runner import build_state
 
@@ -326,7 +326,7 @@ def test_sniffing_protocol_serves_http_and_https_on_one_port(tmp_path: Path) -> 
                 build_compat_apps(state)[0],
                 host="127.0.0.1",
                 port=port,
-                http=sniff(_uvicorn_http_protocol(), state.tls.server_context()),
+                http=sniff(http_protocol_class(), state.tls.server_context()),
                 lifespan="off",
                 log_level="warning",
                 loop=loop,

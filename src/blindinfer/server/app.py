@@ -30,7 +30,7 @@ from blindinfer import __version__
 from blindinfer.engine.registry import LoadedModel
 from blindinfer.errors import InvalidInput, ServerError
 from blindinfer.server.infer import InferEndpoint, check_version, infer_ref
-from blindinfer.server.requests import content_length, read_limited, require_owner
+from blindinfer.server.requests import read_body, require_owner
 from blindinfer.server.state import ServerState
 from blindinfer.wire.attestation import AttestationDocument
 
@@ -47,12 +47,6 @@ def _json(doc: Any, status: int = 200) -> Response:
     return Response(
         json.dumps(doc, separators=(",", ":")).encode(), status, media_type="application/json"
     )
-
-
-async def read_body(request: Request, limit: int, what: str) -> bytearray:
-    """A Starlette request's body, size-limited (see ``read_limited``)."""
-    declared = content_length(request.headers.get("content-length"))
-    return await read_limited(request.receive, declared, limit, what)
 
 
 def quiet(app: ASGIApp, name: str) -> ASGIApp:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blindinfer.errors import InvalidInput, PayloadTooLarge, Unauthorized
 from blindinfer.server.state import ServerState
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
@@ -95,3 +98,9 @@ async def read_limited(receive: Receive, declared: int | None, limit: int, what:
     if declared is not None and pos != declared:
         raise InvalidInput(f"the body ended after {pos} of {declared} bytes")
     return buf
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytearray:
+    """A Starlette request's body, size-limited (see ``read_limited``)."""
+    declared = content_length(request.headers.get("content-length"))
+    return await read_limited(request.receive, declared, limit, what)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from blindinfer.engine.demo import DEMO_NAME, demo_model_bytes
 from blindinfer.engine.registry import EngineOptions, ModelRegistry
 from blindinfer.errors import ConfigError, StoreError
+from blindinfer.server._internals import http_protocol_class, load_config
 from blindinfer.server.app import build_app
 from blindinfer.server.coalesce import coalescing
 from blindinfer.server.config import Settings
@@ -132,7 +132,7 @@ def listeners(state: ServerState) -> list[Listener]:
             s.host,
             s.port,
             state.tls.server_context(),
-            http_protocol=guarded(coalescing(HttpToolsProtocol), connection_limits(s)),
+            http_protocol=guarded(coalescing(http_protocol_class()), connection_limits(s)),
         )
     ]
     if s.blindai_compat:
@@ -158,9 +158,8 @@ def _uvicorn_server(listener: Listener, settings: Settings) -> uvicorn.Server:
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=64 * 1024,
     )
-    config.load()
-    # Set after load(): uvicorn only knows key *files*, and our key must never touch a disk.
-    config.ssl = listener.ssl  # type: ignore[assignment]
+    # uvicorn only knows key *files*, and our key must never touch a disk.
+    load_config(config, listener.ssl)
     return uvicorn.Server(config)
 
 

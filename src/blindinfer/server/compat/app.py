@@ -25,7 +25,8 @@ from blindinfer.errors import (
     ServerError,
     Unauthorized,
 )
-from blindinfer.server.app import quiet, read_body
+from blindinfer.server._internals import http_protocol_class
+from blindinfer.server.app import quiet
 from blindinfer.server.compat.codec import (
     CBOR_NULL,
     SMALL_ITEM_LIMIT,
@@ -38,8 +39,9 @@ from blindinfer.server.compat.codec import (
     encode_upload_reply,
 )
 from blindinfer.server.compat.collateral import blindai_collateral
-from blindinfer.server.compat.sniff import _uvicorn_http_protocol, sniffing_protocol
+from blindinfer.server.compat.sniff import sniffing_protocol
 from blindinfer.server.protocol import guarded
+from blindinfer.server.requests import read_body
 from blindinfer.server.state import Listener, ServerState
 from blindinfer.wire.models import ModelInfo
 from blindinfer.wire.tensors import from_wire_bytes
@@ -260,7 +262,7 @@ def build_compat_listeners(state: ServerState) -> list[Listener]:
     from blindinfer.server.runner import connection_limits
 
     limits = connection_limits(s)
-    http = guarded(_uvicorn_http_protocol(), limits)
+    http = guarded(http_protocol_class(), limits)
     sniffing = sniffing_protocol(http, state.tls.server_context(), limits.timeout)
     tls = state.tls.server_context
     return [

@@ -5,42 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from asyncio import sslproto
 from typing import Any, cast
+
+from blindinfer.server._internals import start_tls_with
 
 TLS_HANDSHAKE = 0x16  # TLS record content type "handshake" (RFC 8446 section 5.1)
 
 
 # --- one port, plain HTTP and HTTPS ---------------------------------------------------------------
-
-
-def _start_tls_with(
-    transport: asyncio.Transport,
-    inner: asyncio.Protocol,
-    context: ssl.SSLContext,
-    first: bytes,
-) -> None:
-    """Put a server-side TLS layer between ``transport`` and ``inner``, replaying ``first``.
-
-    ``loop.start_tls`` cannot take bytes already read, so this builds the same layer asyncio
-    builds there (``asyncio.sslproto.SSLProtocol``, a buffered protocol since Python 3.11) and
-    feeds it the ClientHello bytes the sniffer consumed. It calls ``inner.connection_made`` once
-    the handshake is done."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # handshake errors: logged
-    tls = sslproto.SSLProtocol(
-        loop, inner, context, waiter, server_side=True, ssl_handshake_timeout=15
-    )
-    transport.set_protocol(tls)
-    tls.connection_made(transport)
-    view = memoryview(first)
-    while view:
-        buf = tls.get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        tls.buffer_updated(n)
-        view = view[n:]
 
 
 def sniffing_protocol(
@@ -83,7 +55,7 @@ def sniffing_protocol(
             self._timer.cancel()
             inner = base(*self._args, **self._kwargs)
             if data[0] == TLS_HANDSHAKE:
-                _start_tls_with(transport, inner, context, data)
+                start_tls_with(transport, inner, context, data)
                 return
             transport.set_protocol(inner)
             inner.connection_made(transport)
@@ -93,14 +65,3 @@ def sniffing_protocol(
             return None  # closed before a single byte: nothing to serve
 
     return TlsSniffingProtocol
-
-
-def _uvicorn_http_protocol() -> type[asyncio.Protocol]:
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-        return HttpToolsProtocol  # type: ignore[no-any-return]
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        return H11Protocol  # type: ignore[no-any-return]
