@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from blindinfer.attestation import snp, tdx
 from blindinfer.attestation.claims import Evidence
 from blindinfer.collateral import CollateralProvider, collect, provider_from_options
-from blindinfer.errors import AttestationError
+from blindinfer.errors import AttestationError, GenerationConflict
 from blindinfer.tee.base import BackendUnavailable, load_sealing_key_file
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,6 @@ class OsTsmFs:
         # configfs binary attributes take the whole value in one write, committed on close.
         with open(path, "wb", buffering=0) as f:
             f.write(data)
-
-
-class GenerationConflict(RuntimeError):
-    """Another writer changed the report request while it was being read."""
 
 
 # --- evidence helpers --------------------------------------------------------------------------
