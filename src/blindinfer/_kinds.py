@@ -33,17 +33,32 @@ class Kind:
         return importlib.import_module(self.verifier)
 
 
-_A, _T = "blindinfer.attestation", "blindinfer.tee"
 _TABLE = (
-    Kind("simulation", f"{_A}.simulation", {"simulation": f"{_T}.simulation"}, insecure=True),
     Kind(
-        "sgx", f"{_A}.sgx", {"gramine-sgx": f"{_T}.gramine"}, "blindinfer.collateral:dcap_provider"
+        "simulation",
+        "blindinfer.attestation.simulation",
+        {"simulation": "blindinfer.tee.simulation"},
+        insecure=True,
     ),
-    Kind("tdx", f"{_A}.tdx", {"tdx": f"{_T}.configfs_tsm"}, "blindinfer.collateral:dcap_provider"),
     Kind(
-        "snp", f"{_A}.snp", {"sev-snp": f"{_T}.configfs_tsm"}, "blindinfer.collateral:amd_provider"
+        "sgx",
+        "blindinfer.attestation.sgx",
+        {"gramine-sgx": "blindinfer.tee.gramine"},
+        "blindinfer.collateral:dcap_provider",
     ),
-    Kind("nitro", f"{_A}.nitro", {"nitro": f"{_T}.nitro"}),
+    Kind(
+        "tdx",
+        "blindinfer.attestation.tdx",
+        {"tdx": "blindinfer.tee.configfs_tsm"},
+        "blindinfer.collateral:dcap_provider",
+    ),
+    Kind(
+        "snp",
+        "blindinfer.attestation.snp",
+        {"sev-snp": "blindinfer.tee.configfs_tsm"},
+        "blindinfer.collateral:amd_provider",
+    ),
+    Kind("nitro", "blindinfer.attestation.nitro", {"nitro": "blindinfer.tee.nitro"}),
 )
 
 KINDS: dict[str, Kind] = {k.name: k for k in _TABLE}
