@@ -36,6 +36,7 @@ __all__ = [
     "ConnectError",
     "Connection",
     "EvidenceError",
+    "InsecureSimulationWarning",
     "InsufficientStorage",
     "InvalidInput",
     "InvalidModel",
@@ -55,7 +56,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The SDK and policy are imported lazily so that `import blindinfer` stays light for the
     # server process (which never imports the client) and for tools that only need errors.
-    if name in ("connect", "Connection"):
+    if name in ("connect", "Connection", "InsecureSimulationWarning"):
         from blindinfer import client
 
         return getattr(client, name)
