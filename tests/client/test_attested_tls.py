@@ -19,7 +19,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 # Marker bytes that would show up in the proxy's plaintext if any input leaked.
 SECRET = np.frombuffer(b"TOP-SECRET-INPUT" * 4, dtype=np.float32).reshape(4, 4).copy()
 
-pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.client.InsecureSimulationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MAX_MODEL = 2_000_000
 MAX_REQUEST = 1_000_000
 
-pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.client.InsecureSimulationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 
 
 @pytest.fixture(scope="module")

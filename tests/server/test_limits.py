@@ -22,7 +22,7 @@ from tests._server import ServerProcess, free_port, running_server
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 DEMO_X = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
 
-pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.client.InsecureSimulationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 
 
 def rss_mb(pid: int) -> float:

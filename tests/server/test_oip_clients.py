@@ -24,7 +24,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield srv
 
 
-@pytest.mark.filterwarnings("ignore::blindinfer.client.InsecureSimulationWarning")
+@pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 def test_tritonclient_after_attestation(server: ServerProcess, tmp_path: Path) -> None:
     claims, cert = attest(server.url, simulation_mode=True)  # verify first, then pin
     assert claims.kind == "simulation"
