@@ -4,11 +4,12 @@ DeleteModel and the replies, with the datum-type tables of the 0.6.3 client."""
 from __future__ import annotations
 
 import re
-import struct
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import IO, Final, cast
 
+import cbor2
 import numpy as np
 
 from blindinfer.errors import (
@@ -37,123 +38,222 @@ MAX_DIMS = 32
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
-# --- CBOR: small items (RFC 8949 section 3) ------------------------------------------------------
+# --- CBOR: small items (RFC 8949 section 3), decoded by cbor2 -------------------------------------
 
 
 class _NeedMore(Exception):
     """The buffer ends inside the item being decoded; feed more bytes."""
 
 
-Buffer = bytes | bytearray  # what the decoders read (indexing and slicing bytes is fastest)
+Buffer = bytes | bytearray
 
 
-def _head(buf: Buffer, pos: int) -> tuple[int, int, int, int]:
-    """Initial byte and argument (RFC 8949 section 3): (major, info, argument, next position).
-
-    ``argument`` is -1 for an indefinite length (additional information 31)."""
+def _head(buf: Buffer | memoryview, pos: int) -> tuple[int, int, int]:
+    """The initial byte and argument of the item at ``pos`` (RFC 8949 section 3): (major,
+    argument, next position), ``argument`` -1 for an indefinite length. Only for the containers
+    decoded a piece at a time (the UploadModel map and model, the RunModel tensors); every
+    item inside them is decoded by cbor2."""
     if pos >= len(buf):
         raise _NeedMore
     initial = buf[pos]
     major, info = initial >> 5, initial & 0x1F
     if info < 24:
-        return major, info, info, pos + 1
+        return major, info, pos + 1
     if info <= 27:
         end = pos + 1 + (1 << (info - 24))
         if end > len(buf):
             raise _NeedMore
-        return major, info, int.from_bytes(buf[pos + 1 : end], "big"), end
+        return major, int.from_bytes(buf[pos + 1 : end], "big"), end
     if info == 31 and major in (2, 3, 4, 5, 7):
-        return major, info, -1, pos + 1
-    raise InvalidInput(f"malformed CBOR: initial byte {initial:#04x} is not well-formed")
+        return major, -1, pos + 1
+    raise InvalidInput("malformed CBOR: an initial byte is not well-formed")
 
 
-_SIMPLE: Final[dict[int, object]] = {20: False, 21: True, 22: None, 23: None}
-_FLOATS: Final = {25: struct.Struct(">e"), 26: struct.Struct(">f"), 27: struct.Struct(">d")}
+class _Reader:
+    """A seekable binary file over a memoryview for ``cbor2.CBORDecoder``: copies only the bytes
+    cbor2 reads (``io.BytesIO`` would copy a whole bytearray body first). ``end`` bounds what
+    cbor2 may read, so an item that runs past it ends in ``CBORDecodeEOF``."""
+
+    __slots__ = ("_end", "_view", "pos")
+
+    def __init__(self) -> None:
+        self.bind(_NO_BYTES)
+
+    def bind(self, view: memoryview, end: int | None = None) -> None:
+        self._view = view
+        self.pos = 0
+        self._end = len(view) if end is None else min(end, len(view))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        pos = offset + (0, self.pos, self._end)[whence]
+        self.pos = pos if 0 <= pos <= self._end else max(0, min(pos, self._end))
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        start = self.pos
+        end = self._end if size < 0 or start + size > self._end else start + size
+        self.pos = max(start, end)
+        return self._view[start:end].tobytes()
 
 
-def _simple(info: int, arg: int) -> object:
-    """Major type 7 (RFC 8949 section 3.3): false, true, null, undefined and floats."""
-    if info in _SIMPLE:
-        return _SIMPLE[info]
-    fmt = _FLOATS.get(info)
-    if fmt is None:
-        raise InvalidInput(f"unsupported CBOR simple value (additional information {info})")
-    return fmt.unpack(arg.to_bytes(fmt.size, "big"))[0]
-
-
-def _small_item(
-    buf: Buffer, pos: int, depth: int = 0, view: memoryview | None = None
-) -> tuple[object, int]:
-    """Decode one complete small item (ints, strings, bools, null, floats, arrays, maps).
-
-    Bounded work whatever the lengths declared: nesting stops at MAX_SMALL_DEPTH, and every
-    element of an array or map uses at least one byte of ``buf``, so a declared count past the
-    bytes at hand ends in ``_NeedMore`` (nothing is allocated ahead of the bytes). Tags and
-    indefinite lengths are refused. Given ``view`` (a memoryview of ``buf``), byte strings come
-    back as views into it, not copies. (Hot on every RunModel: common heads are inline.)"""
-    if pos >= len(buf):
-        raise _NeedMore
-    major, info = buf[pos] >> 5, buf[pos] & 0x1F
-    if info < 24:
-        arg, pos = info, pos + 1
-    else:
-        major, info, arg, pos = _head(buf, pos)
-    if major == 3 or major == 2:
-        if arg < 0:
-            raise InvalidInput("indefinite-length CBOR strings are not supported here")
-        end = pos + arg
-        if end > len(buf):
-            raise _NeedMore
-        if major == 2:
-            return (bytes(buf[pos:end]) if view is None else view[pos:end]), end
-        try:
-            return buf[pos:end].decode("utf-8"), end
-        except UnicodeDecodeError:
-            raise InvalidInput("a CBOR text string is not valid UTF-8") from None
-    if major == 0:
-        return arg, pos
-    if major == 4 or major == 5:
-        if arg < 0:
-            raise InvalidInput("indefinite-length CBOR arrays and maps are not supported here")
-        if depth >= MAX_SMALL_DEPTH:
-            raise InvalidInput(f"CBOR items nested more than {MAX_SMALL_DEPTH} levels deep")
-        if major == 5:
-            return _small_map(buf, pos, arg, depth + 1, view)
-        items = []
-        for _ in range(arg):
-            item, pos = _small_item(buf, pos, depth + 1, view)
-            items.append(item)
-        return items, pos
-    if major == 7:
-        return _simple(info, arg), pos
-    if major == 1:
-        return -1 - arg, pos
+def _refuse_tag(value: object, immutable: bool) -> object:
     raise InvalidInput("CBOR tags are not supported in BlindAI messages")
 
 
-def _small_map(
-    buf: Buffer, pos: int, count: int, depth: int, view: memoryview | None
-) -> tuple[dict[object, object], int]:
-    entries: dict[object, object] = {}
-    for _ in range(count):
-        initial = buf[pos] if pos < len(buf) else 0
-        if 0x60 <= initial <= 0x77:  # a text key under 24 bytes, as every BlindAI key is
-            end = pos + 1 + (initial - 0x60)
-            if end > len(buf):
-                raise _NeedMore
-            try:
-                key: object = buf[pos + 1 : end].decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput("a CBOR text string is not valid UTF-8") from None
-            pos = end
-        else:
-            key, pos = _small_item(buf, pos, depth, view)
-            if not isinstance(key, (str, int)):  # a tuple: faster than str | int
-                raise InvalidInput("CBOR map keys must be text or integers here")
-        if key in entries:
-            raise InvalidInput(f"the CBOR map key {_shown(key)} appears twice")
-        entries[key], pos = _small_item(buf, pos, depth, view)
-    return entries, pos
+class _NoTags(dict[int, Callable[[object, bool], object]]):
+    """cbor2's semantic decoders, every tag (its own too: dates, regular expressions, MIME,
+    shared references, sets...) refused before any of them runs."""
+
+    def __missing__(self, tag: int) -> Callable[[object, bool], object]:
+        return _refuse_tag
+
+
+_NO_TAGS: Final = _NoTags()
+_NO_BYTES: Final = memoryview(b"")
+_READ_SIZE = 256  # cbor2 reads ahead this much (then seeks back): small items fit in one read
+
+
+class _Decoders(threading.local):
+    """Each thread's cbor2 decoders (one per nesting depth, built once: building one costs
+    about as much as decoding a small map) over its one ``_Reader``, bound to a body while it
+    is decoded. Decoders refuse containers deeper than MAX_SMALL_DEPTH, indefinite lengths,
+    duplicate map keys and every tag."""
+
+    def __init__(self) -> None:
+        self.reader = _Reader()
+        self._by_depth: dict[int, cbor2.CBORDecoder] = {}
+
+    def at(self, depth: int) -> cbor2.CBORDecoder:
+        decoder = self._by_depth.get(depth)
+        if decoder is None:
+            decoder = self._by_depth[depth] = cbor2.CBORDecoder(
+                cast("IO[bytes]", self.reader),
+                tag_hook=_refuse_tag,
+                semantic_decoders=_NO_TAGS,
+                read_size=_READ_SIZE,
+                max_depth=MAX_SMALL_DEPTH - depth,
+                allow_indefinite=False,
+                allow_duplicate_keys=False,
+            )
+        return decoder
+
+    def discard(self) -> None:
+        """After a failed decode: cbor2's read-ahead state is not reused."""
+        self._by_depth.clear()
+
+
+_DECODERS: Final = _Decoders()
+
+
+_FIELDS: Final = frozenset(
+    {"model", "length", "model_name", "optimize", "client_info", "model_id", "model_hash",
+     "inputs", "info", "bytes_data", "fact", "datum_type", "node_name"}
+)  # fmt: skip
+_RESERVED_INFO = re.compile(r"subtype 0x1[cde]\b")
+
+
+def _twice(key: object) -> InvalidInput:
+    """A map key that appears twice, named only if it is a BlindAI field (no client text)."""
+    if isinstance(key, str) and key in _FIELDS:
+        return InvalidInput(f"the CBOR map key {key!r} appears twice")
+    return InvalidInput("a CBOR map key appears twice")
+
+
+def _refusal(exc: cbor2.CBORDecodeError) -> InvalidInput:
+    """cbor2's decode error as our message (cbor2's own text can quote the input)."""
+    cause = exc.__cause__
+    if isinstance(cause, InvalidInput):  # raised by a hook of ours
+        return cause
+    if isinstance(cause, UnicodeDecodeError):
+        return InvalidInput("a CBOR text string is not valid UTF-8")
+    text = str(exc)
+    if "nesting depth" in text:
+        return InvalidInput(f"CBOR items nested more than {MAX_SMALL_DEPTH} levels deep")
+    if "Duplicate map key: " in text:
+        shown = text.partition("Duplicate map key: ")[2]
+        return _twice(next((f for f in _FIELDS if repr(f) == shown), None))
+    if _RESERVED_INFO.search(text) or (
+        "indefinite length" in text and ("integer" in text or "semantic tag" in text)
+    ):
+        return InvalidInput("malformed CBOR: an initial byte is not well-formed")
+    if "indefinite length" in text:
+        return InvalidInput("indefinite-length CBOR items are not supported here")
+    if "break code" in text or "special value" in text:
+        return InvalidInput("unsupported CBOR simple value")
+    return InvalidInput("malformed CBOR")
+
+
+_LEAVES: Final = frozenset({str, int, bytes, bool, float, type(None)})
+_KEYS: Final = frozenset({str, int, bool})
+
+
+def _plain(value: object) -> object:
+    """cbor2's result held to the values BlindAI messages use: text or integer map keys, no
+    simple values but false/true/null/undefined (undefined read as null), nothing a tag made.
+    Depth is bounded by the decoder (MAX_SMALL_DEPTH)."""
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    if kind is list:
+        items = cast("list[object]", value)
+        if not _LEAVES.issuperset(map(type, items)):
+            for i, item in enumerate(items):
+                items[i] = _plain(item)
+        return items
+    if kind is dict:
+        entries = cast("dict[object, object]", value)
+        if not _KEYS.issuperset(map(type, entries)):
+            raise InvalidInput("CBOR map keys must be text or integers here")
+        if not _LEAVES.issuperset(map(type, entries.values())):
+            for key, item in entries.items():
+                entries[key] = _plain(item)
+        return entries
+    if value is cbor2.undefined:
+        return None
+    if kind is cbor2.CBORSimpleValue:
+        raise InvalidInput("unsupported CBOR simple value")
+    raise InvalidInput("CBOR tags are not supported in BlindAI messages")
+
+
+def _decode(decoder: cbor2.CBORDecoder) -> object:
+    """One complete small item at the decoder's position; ``_NeedMore`` if the bytes end
+    inside it. cbor2 allocates with the bytes it reads, not with declared lengths (a string
+    declared 2**64 bytes long is read 64 KiB at a time and ends in EOF; arrays and maps grow
+    item by item)."""
+    try:
+        value = decoder.decode()
+    except cbor2.CBORDecodeEOF:
+        _DECODERS.discard()
+        raise _NeedMore from None
+    except cbor2.CBORDecodeError as exc:
+        _DECODERS.discard()
+        raise _refusal(exc) from None
+    except BaseException:
+        _DECODERS.discard()
+        raise
+    return value if type(value) in _LEAVES else _plain(value)
+
+
+def _small_item(buf: Buffer, depth: int) -> tuple[object, int]:
+    """The small item at the start of ``buf`` (at most SMALL_ITEM_LIMIT bytes) and its size."""
+    view = memoryview(buf)
+    reader = _DECODERS.reader
+    try:
+        reader.bind(view, SMALL_ITEM_LIMIT)
+        value = _decode(_DECODERS.at(depth))
+        return value, reader.tell()
+    finally:
+        reader.bind(_NO_BYTES)
+        view.release()  # the upload buffer is resized right after
 
 
 def _shown(value: object) -> str:
@@ -345,7 +445,7 @@ class UploadDecoder:
         self._state = _KEY if self._entries_left > 0 else _DONE
 
     def _map_head(self, final: bool) -> bool:
-        major, _, arg, pos = _head(self._buf, 0)
+        major, arg, pos = _head(self._buf, 0)
         if major != 5:
             raise InvalidInput(
                 f"the upload body must be a CBOR map (UploadModel), not CBOR major type {major}"
@@ -376,7 +476,7 @@ class UploadDecoder:
         return True
 
     def _model_head(self, final: bool) -> bool:
-        major, _, count, pos = _head(self._buf, 0)
+        major, count, pos = _head(self._buf, 0)
         if major not in (2, 4):
             raise InvalidInput(
                 "'model' must be a CBOR array of byte values (or a byte string), not CBOR major "
@@ -492,16 +592,100 @@ class RunRequest:
     inputs: tuple[InputTensor, ...]
 
 
-def _message(body: bytes | bytearray, what: str) -> Mapping[object, object]:
-    """A complete RunModel / DeleteModel body: one CBOR map, nothing after it. Byte strings in
-    it are views into ``body`` (no copy of the tensors)."""
+class _Message:
+    """A complete RunModel / DeleteModel body, read from the front. cbor2 decodes every item but
+    the containers that lead to the tensors (the top map, ``inputs``, each tensor map), whose
+    heads are read here so that each ``bytes_data`` comes back as a view into the body, not a
+    copy (it is most of the body)."""
+
+    def __init__(self, view: memoryview, fp: _Reader) -> None:
+        self.view = view
+        self.fp = fp
+
+    def item(self, depth: int) -> object:
+        return _decode(_DECODERS.at(depth))
+
+    def _count(self, major: int) -> int | None:
+        """The length of the definite container of ``major`` that starts here, its head read;
+        else None (cbor2 decodes the item, or refuses it)."""
+        kind, count, end = _head(self.view, self.fp.pos)
+        if kind != major or count < 0:
+            return None
+        self.fp.pos = end
+        return count
+
+    def _key(self, depth: int) -> object:
+        """A map key: the short ASCII text keys of BlindAI directly, anything else by cbor2."""
+        view, fp = self.view, self.fp
+        pos = fp.pos
+        size = (view[pos] if pos < len(view) else 0) - 0x60
+        if 0 <= size < 24:  # a text string under 24 bytes (RFC 8949 section 3.1)
+            raw = view[pos + 1 : pos + 1 + size].tobytes()
+            if len(raw) == size and raw.isascii():  # else cbor2 decodes (and checks) it
+                fp.pos = pos + 1 + size
+                return raw.decode("ascii")
+        return self.item(depth)
+
+    def _entries(self, count: int, depth: int, value: Callable[[object], object]) -> object:
+        """A map of ``count`` entries at ``depth`` (each entry uses at least one byte, so a
+        huge declared count ends in ``_NeedMore``)."""
+        entries: dict[object, object] = {}
+        for _ in range(count):
+            key = self._key(depth + 1)
+            if not isinstance(key, str | int):
+                raise InvalidInput("CBOR map keys must be text or integers here")
+            if key in entries:
+                raise _twice(key)
+            entries[key] = value(key)
+        return entries
+
+    def document(self, tensors: bool) -> object:
+        count = self._count(5) if tensors else None
+        if count is None:
+            return self.item(0)
+        return self._entries(
+            count, 0, lambda key: self._inputs() if key == "inputs" else self.item(1)
+        )
+
+    def _inputs(self) -> object:
+        count = self._count(4)
+        if count is None:
+            return self.item(1)
+        return [self._tensor() for _ in range(count)]
+
+    def _tensor(self) -> object:
+        count = self._count(5)
+        if count is None:
+            return self.item(2)
+        return self._entries(
+            count, 2, lambda key: self._bytes() if key == "bytes_data" else self.item(3)
+        )
+
+    def _bytes(self) -> object:
+        kind, size, start = _head(self.view, self.fp.pos)
+        if kind != 2 or size < 0:
+            return self.item(3)
+        if start + size > len(self.view):
+            raise _NeedMore
+        self.fp.pos = start + size
+        return self.view[start : start + size]
+
+
+def _message(body: bytes | bytearray, what: str, tensors: bool = False) -> Mapping[object, object]:
+    """A complete RunModel / DeleteModel body: one CBOR map, nothing after it. With ``tensors``,
+    the ``bytes_data`` of the inputs are views into ``body`` (no copy of the tensors)."""
+    view, reader = memoryview(body), _DECODERS.reader
+    reader.bind(view)
     try:
-        doc, end = _small_item(body, 0, view=memoryview(body))
+        doc = _Message(view, reader).document(tensors)
+        end = reader.tell()
     except _NeedMore:
         raise InvalidInput(
             f"the {what} body is truncated or is not CBOR: it ended after {len(body)} bytes, "
             "inside an item"
         ) from None
+    finally:
+        reader.bind(_NO_BYTES)  # the body is not kept alive by the reader
     if end != len(body):
         raise InvalidInput(f"{len(body) - end} unexpected byte(s) after the {what} message")
     return _map(doc, f"the {what} message")
@@ -578,7 +762,7 @@ def _input_tensor(item: object, i: int) -> InputTensor:
 
 def decode_run(body: bytes | bytearray) -> RunRequest:
     """Parse a 0.6 ``RunModel``: exactly one of model_id / model_hash, a list of tensors."""
-    doc = _message(body, "RunModel")
+    doc = _message(body, "RunModel", tensors=True)
     model_id = _text_or_empty(doc, "model_id")
     model_hash = _text_or_empty(doc, "model_hash")
     if bool(model_id) == bool(model_hash):
