@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.attestation import _x509
 from blindinfer.attestation.claims import Claims
+from blindinfer.attestation.policy import names
 from blindinfer.errors import (
     AttestationError,
     CollateralError,
-    ConfigError,
     EvidenceError,
     PolicyError,
 )
@@ -79,6 +79,13 @@ TCB_STATUSES = (
     "Revoked",
 )
 DEFAULT_TCB_STATUS = ("UpToDate",)
+# The ``allowed_tcb_status`` policy key: Intel's status names only (a typo must not pass).
+TCB_STATUS_NAMES = names(TCB_STATUSES, "TCB status names of Intel's PCS")
+
+
+def default_tcb_status() -> list[str]:
+    return list(DEFAULT_TCB_STATUS)
+
 
 COLLATERAL_HINT = (
     "fetch fresh collateral (the server serves it beside the quote; "
@@ -529,75 +536,6 @@ def verify_quote(
 
 
 # --- shared policy helpers ---------------------------------------------------------------------
-
-
-def str_list(table: Mapping[str, Any], key: str, default: Sequence[str]) -> list[str]:
-    raw = table.get(key, list(default))
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
-        raise ConfigError(f"policy: {key} must be a list of strings")
-    return list(raw)
-
-
-def tcb_status_list(table: Mapping[str, Any]) -> list[str]:
-    out = str_list(table, "allowed_tcb_status", DEFAULT_TCB_STATUS)
-    unknown = [s for s in out if s not in TCB_STATUSES]
-    if unknown:
-        raise ConfigError(
-            f"policy: unknown TCB status(es) {unknown} in allowed_tcb_status; Intel's names "
-            f"are {list(TCB_STATUSES)}"
-        )
-    return out
-
-
-def opt_bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
-    raw = table.get(key, default)
-    if not isinstance(raw, bool):
-        raise ConfigError(f"policy: {key} must be true or false")
-    return raw
-
-
-def opt_int(table: Mapping[str, Any], key: str, bits: int) -> int | None:
-    """An unsigned integer of ``bits`` bits, given as an int or a hex string ("0x1f" / "1f")."""
-    raw = table.get(key)
-    if raw is None:
-        return None
-    value: int | None = None
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    elif isinstance(raw, str):
-        try:
-            value = int(raw, 16)
-        except ValueError:
-            value = None
-    if value is None or not 0 <= value < (1 << bits):
-        raise ConfigError(f"policy: {key} must be an integer of {bits} bits (or hex), got {raw!r}")
-    return value
-
-
-def opt_hex(table: Mapping[str, Any], key: str, nbytes: int) -> str | None:
-    raw = table.get(key)
-    if raw is None:
-        return None
-    try:
-        ok = isinstance(raw, str) and len(bytes.fromhex(raw)) == nbytes
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"policy: {key} must be {nbytes} bytes of hex, got {raw!r}")
-    return str(raw).lower()
-
-
-def masked_pair(table: Mapping[str, Any], key: str, nbytes: int) -> tuple[str | None, str | None]:
-    """``key`` and ``key_mask`` (hex); the mask defaults to all ones when only ``key`` is set."""
-    value = opt_hex(table, key, nbytes)
-    mask = opt_hex(table, f"{key}_mask", nbytes)
-    if mask is not None and value is None:
-        raise ConfigError(f"policy: {key}_mask is set but {key} is not")
-    if value is not None and mask is None:
-        mask = "ff" * nbytes
-    return value, mask
 
 
 def check_masked_hex(name: str, expected: str | None, mask: str | None, actual: str) -> None:

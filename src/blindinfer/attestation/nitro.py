@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cbor2
 from cryptography import x509
@@ -41,11 +41,10 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from blindinfer.attestation import _x509
 from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
+from blindinfer.attestation.policy import TablePolicy, expect_hex_in, flag, hex_values
 from blindinfer.errors import (
     AttestationError,
     CollateralError,
-    ConfigError,
     EvidenceError,
     PolicyError,
 )
@@ -364,38 +363,24 @@ def verify(
 # --- policy ------------------------------------------------------------------------------------
 
 
-def _pcr_values(table: Mapping[str, Any], key: str) -> list[str] | None:
-    values = hex_list(table, key)
-    for v in values or []:
-        if len(v) // 2 not in PCR_SIZES:
-            raise ConfigError(f"policy: nitro.{key} must be 32, 48 or 64 bytes, {v!r} is not")
-    return values
+# A PCR is a SHA-384 digest in practice, but the NSM API allows SHA-256/384/512 banks.
+_PCR = hex_values(*sorted(PCR_SIZES))
 
 
 @dataclass(frozen=True)
-class KindPolicy:
+class KindPolicy(TablePolicy):
     """``[nitro]``: PCR0/1/2 (image, kernel, application), PCR3 (IAM role), PCR4 (instance),
     PCR8 (signing certificate), each hex or a list of hex; ``allow_debug`` (default false)
     accepts debug-mode enclaves, whose PCRs are all zero and prove nothing."""
 
     kind: ClassVar[str] = KIND
-    pcr0: list[str] | None = None
-    pcr1: list[str] | None = None
-    pcr2: list[str] | None = None
-    pcr3: list[str] | None = None
-    pcr4: list[str] | None = None
-    pcr8: list[str] | None = None
-    allow_debug: bool = False
-
-    @classmethod
-    def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
-        keys = {f"pcr{i}" for i in POLICY_PCRS}
-        reject_unknown_keys(KIND, table, {*keys, "allow_debug"})
-        allow_debug = table.get("allow_debug", False)
-        if not isinstance(allow_debug, bool):
-            raise ConfigError("policy: nitro.allow_debug must be true or false")
-        pcrs = {k: _pcr_values(table, k) for k in sorted(keys)}
-        return cls(**pcrs, allow_debug=allow_debug)
+    pcr0: Annotated[list[str] | None, _PCR] = None
+    pcr1: Annotated[list[str] | None, _PCR] = None
+    pcr2: Annotated[list[str] | None, _PCR] = None
+    pcr3: Annotated[list[str] | None, _PCR] = None
+    pcr4: Annotated[list[str] | None, _PCR] = None
+    pcr8: Annotated[list[str] | None, _PCR] = None
+    allow_debug: Annotated[bool, flag] = False
 
     @classmethod
     def from_claims(cls, claims: Claims) -> KindPolicy:
@@ -405,15 +390,6 @@ class KindPolicy:
             if f"pcr{i}" in claims.measurements
         }
         return cls(**pcrs, allow_debug=claims.debug)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for i in POLICY_PCRS:
-            value = getattr(self, f"pcr{i}")
-            if value is not None:
-                out[f"pcr{i}"] = value
-        out["allow_debug"] = self.allow_debug
-        return out
 
     def check(self, claims: Claims) -> None:
         if claims.kind != KIND:

@@ -2,8 +2,9 @@
 
 A policy file is TOML with one table per TEE kind (``[simulation]``, ``[sgx]``, ``[tdx]``,
 ``[snp]``, ``[nitro]``). Evidence of a kind the policy has no table for is refused. Each table's
-schema belongs to that kind's verifier module (its ``KindPolicy`` class); this module only
-routes, loads and writes files.
+schema belongs to that kind's verifier module (its ``KindPolicy`` class, a ``TablePolicy``
+that declares each key once with its parser); this module routes, loads and writes files and
+derives parsing and writing from those declarations.
 
 Every refusal names the field, the expected value(s) and the value found, so a user can tell a
 misconfigured policy from an attack.
@@ -12,10 +13,10 @@ misconfigured policy from an attack.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol, Self, get_origin, get_type_hints
 
 import tomli_w
 
@@ -114,29 +115,191 @@ def expect_hex_in(name: str, allowed: list[str] | None, actual: str) -> None:
         raise PolicyError(f"policy mismatch on {name}: expected {want}, evidence has {actual}")
 
 
-def hex_list(table: Mapping[str, Any], key: str, nbytes: int | None = None) -> list[str] | None:
-    """Read a policy value that may be one hex string or a list of them; validate the length."""
-    raw = table.get(key)
-    if raw is None:
-        return None
-    values = [raw] if isinstance(raw, str) else raw
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ConfigError(f"policy: {key} must be a hex string or a list of hex strings")
-    out = []
-    for v in values:
+# --- policy tables, declared once ----------------------------------------------------------------
+#
+# Each kind's ``KindPolicy`` is a frozen dataclass whose fields are annotated with their TOML
+# parser: ``name: Annotated[type, parser or Spec] = default``. ``TablePolicy`` derives from that
+# one declaration the known key set, ``from_dict`` (unknown keys refused with the known ones
+# listed, each bad value refused as ``[kind] key <problem>``) and ``to_dict`` (every set value,
+# so it round-trips through ``from_dict``). The dataclass default is the value of an absent key.
+
+
+class Invalid(Exception):
+    """A parser's complaint about one value: ``problem`` completes "``[kind] key`` ..."."""
+
+    def __init__(self, problem: str, sub: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem, self.sub = problem, sub
+
+
+Parser = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one TOML key is read, when more than a parser is needed.
+
+    ``requires``: the key is meaningless without that other key (a mask without its value);
+    ``implied``: the value taken when ``requires`` is set and this key is not (mask: all ones).
+    """
+
+    parse: Parser
+    requires: str | None = None
+    implied: Any = None
+
+
+_SPECS: dict[type, dict[str, Spec]] = {}
+
+
+class TablePolicy:
+    """Base of every ``KindPolicy``: parsing and writing derived from the field annotations."""
+
+    kind: ClassVar[str]
+
+    @classmethod
+    def specs(cls) -> dict[str, Spec]:
+        """Key -> Spec, in declaration order (the order ``to_dict`` writes)."""
+        found = _SPECS.get(cls)
+        if found is None:
+            found = {}
+            for name, hint in get_type_hints(cls, include_extras=True).items():
+                if get_origin(hint) is Annotated:
+                    (meta,) = hint.__metadata__
+                    found[name] = meta if isinstance(meta, Spec) else Spec(meta)
+            _SPECS[cls] = found
+        return found
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> Self:
+        """Build from a TOML table; unknown keys or bad values raise ConfigError."""
+        specs = cls.specs()
+        unknown = set(table) - set(specs)
+        if unknown:
+            raise ConfigError(
+                f"policy: unknown key(s) {sorted(unknown)} in [{cls.kind}]; known: {sorted(specs)}"
+            )
+        values: dict[str, Any] = {}
+        for key, sp in specs.items():
+            raw = table.get(key)
+            if raw is None:
+                if sp.requires is not None and table.get(sp.requires) is not None:
+                    values[key] = sp.implied
+                continue  # the dataclass default
+            if sp.requires is not None and table.get(sp.requires) is None:
+                raise ConfigError(f"policy: [{cls.kind}] {key} is set but {sp.requires} is not")
+            try:
+                values[key] = sp.parse(raw)
+            except Invalid as bad:
+                name = f"{key}.{bad.sub}" if bad.sub else key
+                raise ConfigError(f"policy: [{cls.kind}] {name} {bad.problem}") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML table: every value that is set (round-trips through ``from_dict``)."""
+        out: dict[str, Any] = {}
+        for key in self.specs():
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+# Parsers. Each returns the Python value or raises Invalid with the problem.
+
+
+def hex_values(*sizes: int) -> Parser:
+    """One hex string or a list of them, lower-cased; each ``sizes`` bytes long (any if none)."""
+
+    def parse(raw: Any) -> list[str]:
+        values = [raw] if isinstance(raw, str) else raw
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise Invalid(f"must be a hex string or a list of hex strings, got {raw!r}")
+        for v in values:
+            try:
+                n = len(bytes.fromhex(v))
+            except ValueError:
+                raise Invalid(f"value {v!r} is not hex") from None
+            if sizes and n not in sizes:
+                want = " or ".join(map(str, sizes)).replace(" or ", ", ", len(sizes) - 2)
+                raise Invalid(f"must be {want} bytes, {v!r} has {n}")
+        return [v.lower() for v in values]
+
+    return parse
+
+
+def hex_bytes(nbytes: int) -> Parser:
+    """Exactly one hex string of ``nbytes`` bytes, lower-cased."""
+
+    def parse(raw: Any) -> str:
         try:
-            b = bytes.fromhex(v)
+            ok = isinstance(raw, str) and len(bytes.fromhex(raw)) == nbytes
         except ValueError:
-            raise ConfigError(f"policy: {key} value {v!r} is not hex") from None
-        if nbytes is not None and len(b) != nbytes:
-            raise ConfigError(f"policy: {key} must be {nbytes} bytes, {v!r} has {len(b)}")
-        out.append(v.lower())
-    return out
+            ok = False
+        if not ok:
+            raise Invalid(f"must be {nbytes} bytes of hex, got {raw!r}")
+        return str(raw).lower()
+
+    return parse
 
 
-def reject_unknown_keys(kind: str, table: Mapping[str, Any], known: set[str]) -> None:
-    unknown = set(table) - known
-    if unknown:
-        raise ConfigError(
-            f"policy: unknown key(s) {sorted(unknown)} in [{kind}]; known: {sorted(known)}"
-        )
+def flag(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise Invalid(f"must be true or false, got {raw!r}")
+    return raw
+
+
+def uint(bits: int | None = None, *, hex_ok: bool = False) -> Parser:
+    """A non-negative integer below 2**bits (unbounded if None); ``hex_ok``: "0x1f" / "1f" too."""
+
+    def parse(raw: Any) -> int:
+        value: int | None = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif hex_ok and isinstance(raw, str):
+            try:
+                value = int(raw, 16)
+            except ValueError:
+                value = None
+        if value is None or value < 0 or (bits is not None and value >= 1 << bits):
+            size = f"an integer of {bits} bits" if bits is not None else "a non-negative integer"
+            raise Invalid(f"must be {size}{' (or hex)' if hex_ok else ''}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def names(allowed: Sequence[str] | None = None, what: str = "names") -> Parser:
+    """A string or a list of non-empty strings, each in ``allowed`` when given."""
+
+    def parse(raw: Any) -> list[str]:
+        values = [raw] if isinstance(raw, str) else raw
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise Invalid(f"must be a list of strings, got {raw!r}")
+        unknown = [v for v in values if allowed is not None and v not in allowed]
+        if unknown:
+            raise Invalid(f"has unknown value(s) {unknown}; the {what} are {list(allowed or ())}")
+        return list(values)
+
+    return parse
+
+
+def uint_table(keys: Sequence[str]) -> Parser:
+    """A sub-table of non-negative integers under the given keys (each optional)."""
+    item = uint()
+
+    def parse(raw: Any) -> dict[str, int]:
+        if not isinstance(raw, Mapping):
+            raise Invalid(f"must be a table {{{', '.join(f'{k}=' for k in keys)}}}, got {raw!r}")
+        unknown = set(raw) - set(keys)
+        if unknown:
+            raise Invalid(f"has unknown key(s) {sorted(unknown)}; known: {list(keys)}")
+        out: dict[str, int] = {}
+        for key in keys:
+            if key in raw:
+                try:
+                    out[key] = item(raw[key])
+                except Invalid as bad:
+                    raise Invalid(bad.problem, sub=key) from None
+        return out
+
+    return parse

@@ -11,12 +11,21 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from blindinfer.attestation import _dcap
 from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
-from blindinfer.errors import ConfigError, EvidenceError, PolicyError
+from blindinfer.attestation.policy import (
+    Spec,
+    TablePolicy,
+    expect_hex_in,
+    flag,
+    hex_bytes,
+    hex_values,
+    names,
+    uint,
+)
+from blindinfer.errors import EvidenceError, PolicyError
 
 KIND = "sgx"
 QUOTE_VERSION = 3
@@ -104,23 +113,14 @@ def verify(
     return _claims(result, at)
 
 
-_KEYS = {
-    "mrenclave",
-    "mrsigner",
-    "isv_prod_id",
-    "min_isv_svn",
-    "allow_debug",
-    "attributes",
-    "attributes_mask",
-    "misc_select",
-    "misc_select_mask",
-    "allowed_tcb_status",
-    "allowed_advisories",
-}
+# A mask without its value is refused; the attributes mask defaults to all ones. No mask is
+# implied for MISCSELECT: check_masked_int compares all 32 bits when it is unset.
+_ATTRIBUTES_MASK = Spec(hex_bytes(16), requires="attributes", implied="ff" * 16)
+_MISC_SELECT_MASK = Spec(uint(32, hex_ok=True), requires="misc_select")
 
 
 @dataclass(frozen=True)
-class KindPolicy:
+class KindPolicy(TablePolicy):
     """``[sgx]``: the enclave (BlindAI manifest.toml fields) and the platform TCB accepted.
 
     ``mrenclave`` / ``mrsigner``: hex or lists of hex; ``isv_prod_id``, ``min_isv_svn``: ints;
@@ -131,39 +131,20 @@ class KindPolicy:
     """
 
     kind: ClassVar[str] = KIND
-    mrenclave: list[str] | None = None
-    mrsigner: list[str] | None = None
-    isv_prod_id: int | None = None
-    min_isv_svn: int | None = None
-    allow_debug: bool = False
-    attributes: str | None = None
-    attributes_mask: str | None = None
-    misc_select: int | None = None
-    misc_select_mask: int | None = None
-    allowed_tcb_status: list[str] = field(default_factory=lambda: list(_dcap.DEFAULT_TCB_STATUS))
-    allowed_advisories: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
-        reject_unknown_keys(KIND, table, _KEYS)
-        attributes, attributes_mask = _dcap.masked_pair(table, "attributes", 16)
-        misc_select = _dcap.opt_int(table, "misc_select", 32)
-        misc_select_mask = _dcap.opt_int(table, "misc_select_mask", 32)
-        if misc_select_mask is not None and misc_select is None:
-            raise ConfigError("policy: misc_select_mask is set but misc_select is not")
-        return cls(
-            mrenclave=hex_list(table, "mrenclave", 32),
-            mrsigner=hex_list(table, "mrsigner", 32),
-            isv_prod_id=_dcap.opt_int(table, "isv_prod_id", 16),
-            min_isv_svn=_dcap.opt_int(table, "min_isv_svn", 16),
-            allow_debug=_dcap.opt_bool(table, "allow_debug", False),
-            attributes=attributes,
-            attributes_mask=attributes_mask,
-            misc_select=misc_select,
-            misc_select_mask=misc_select_mask,
-            allowed_tcb_status=_dcap.tcb_status_list(table),
-            allowed_advisories=_dcap.str_list(table, "allowed_advisories", ()),
-        )
+    mrenclave: Annotated[list[str] | None, hex_values(32)] = None
+    mrsigner: Annotated[list[str] | None, hex_values(32)] = None
+    # ISVPRODID and ISVSVN are u16 in the report body; MISCSELECT is u32.
+    isv_prod_id: Annotated[int | None, uint(16, hex_ok=True)] = None
+    min_isv_svn: Annotated[int | None, uint(16, hex_ok=True)] = None
+    allow_debug: Annotated[bool, flag] = False
+    attributes: Annotated[str | None, hex_bytes(16)] = None
+    attributes_mask: Annotated[str | None, _ATTRIBUTES_MASK] = None
+    misc_select: Annotated[int | None, uint(32, hex_ok=True)] = None
+    misc_select_mask: Annotated[int | None, _MISC_SELECT_MASK] = None
+    allowed_tcb_status: Annotated[list[str], _dcap.TCB_STATUS_NAMES] = field(
+        default_factory=_dcap.default_tcb_status
+    )
+    allowed_advisories: Annotated[list[str], names()] = field(default_factory=list)
 
     @classmethod
     def from_claims(cls, claims: Claims) -> KindPolicy:
@@ -181,14 +162,6 @@ class KindPolicy:
             allowed_tcb_status=[claims.tcb_status or "UpToDate"],
             allowed_advisories=list(claims.advisory_ids),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in sorted(_KEYS):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
 
     def check(self, claims: Claims) -> None:
         if claims.kind != KIND:

@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
+from blindinfer.attestation.policy import TablePolicy, expect_hex_in, hex_values
 from blindinfer.errors import EvidenceError, PolicyError
 
 KIND = "simulation"
@@ -120,7 +120,7 @@ def verify(
 
 
 @dataclass(frozen=True)
-class KindPolicy:
+class KindPolicy(TablePolicy):
     """``[simulation]``: ``measurement`` and ``signer`` (hex or lists of hex) pin the code and key.
 
     A ``[simulation]`` table with neither pinned accepts any simulation server. It never makes
@@ -128,25 +128,12 @@ class KindPolicy:
     """
 
     kind: ClassVar[str] = KIND
-    measurement: list[str] | None = None
-    signer: list[str] | None = None
-
-    @classmethod
-    def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
-        reject_unknown_keys(KIND, table, {"measurement", "signer"})
-        return cls(hex_list(table, "measurement", 32), hex_list(table, "signer", 32))
+    measurement: Annotated[list[str] | None, hex_values(32)] = None
+    signer: Annotated[list[str] | None, hex_values(32)] = None
 
     @classmethod
     def from_claims(cls, claims: Claims) -> KindPolicy:
         return cls([claims.measurements["measurement"]], [str(claims.fields["signer"])])
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.measurement is not None:
-            out["measurement"] = self.measurement
-        if self.signer is not None:
-            out["signer"] = self.signer
-        return out
 
     def check(self, claims: Claims) -> None:
         if claims.kind != KIND:

@@ -47,11 +47,17 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from blindinfer.attestation import _x509
 from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
+from blindinfer.attestation.policy import (
+    TablePolicy,
+    expect_hex_in,
+    flag,
+    hex_values,
+    uint,
+    uint_table,
+)
 from blindinfer.errors import (
     AttestationError,
     CollateralError,
-    ConfigError,
     EvidenceError,
     PolicyError,
 )
@@ -309,7 +315,7 @@ _MGF1 = x509.ObjectIdentifier("1.2.840.113549.1.1.8")
 
 
 def _check_pss_params(cert: x509.Certificate, role: str) -> None:
-    """All AMD certificates: RSASSA-PSS with SHA-384, MGF1-SHA-384, salt length 48 (KDS spec).
+    """All AMD certificates: RSASSA-PSS with SHA-384, MGF1-SHA-384, salt length 48 (KDS).
 
     ``verify_directly_issued_by`` verifies with whatever parameters the certificate declares
     (and has already made sure the signed and unsigned copies agree); this pins them.
@@ -570,58 +576,12 @@ def verify(
 
 # --- policy ------------------------------------------------------------------------------------
 
-_POLICY_KEYS = {
-    "measurement",
-    "host_data",
-    "allow_debug",
-    "allow_migration_agent",
-    "min_tcb",
-    "vmpl",
-    "max_vmpl",
-    "min_guest_svn",
-    "family_id",
-    "image_id",
-}
+# REPORTED_TCB parts a policy may demand a minimum of (``fmc`` exists on Turin only).
 _TCB_KEYS = (*TCB_PARTS, "fmc")
 
 
-def _opt_bool(table: Mapping[str, Any], key: str) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"policy: snp.{key} must be true or false")
-    return value
-
-
-def _opt_uint(table: Mapping[str, Any], key: str, name: str) -> int | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"policy: {name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _min_tcb(table: Mapping[str, Any]) -> dict[str, int] | None:
-    raw = table.get("min_tcb")
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            "policy: snp.min_tcb must be a table {bootloader=, tee=, snp=, microcode=}"
-        )
-    unknown = set(raw) - set(_TCB_KEYS)
-    if unknown:
-        raise ConfigError(f"policy: unknown key(s) {sorted(unknown)} in snp.min_tcb")
-    out: dict[str, int] = {}
-    for key in _TCB_KEYS:
-        value = _opt_uint(raw, key, f"snp.min_tcb.{key}")
-        if value is not None:
-            out[key] = value
-    return out
-
-
 @dataclass(frozen=True)
-class KindPolicy:
+class KindPolicy(TablePolicy):
     """``[snp]``: pins the launch measurement and judges the guest policy, VMPL and TCB.
 
     - ``measurement`` (48 bytes) / ``host_data`` (32) / ``family_id`` / ``image_id`` (16): hex
@@ -634,32 +594,16 @@ class KindPolicy:
     """
 
     kind: ClassVar[str] = KIND
-    measurement: list[str] | None = None
-    host_data: list[str] | None = None
-    allow_debug: bool = False
-    allow_migration_agent: bool = False
-    min_tcb: dict[str, int] | None = None
-    vmpl: int | None = None
-    max_vmpl: int | None = None
-    min_guest_svn: int | None = None
-    family_id: list[str] | None = None
-    image_id: list[str] | None = None
-
-    @classmethod
-    def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
-        reject_unknown_keys(KIND, table, _POLICY_KEYS)
-        return cls(
-            measurement=hex_list(table, "measurement", 48),
-            host_data=hex_list(table, "host_data", 32),
-            allow_debug=_opt_bool(table, "allow_debug"),
-            allow_migration_agent=_opt_bool(table, "allow_migration_agent"),
-            min_tcb=_min_tcb(table),
-            vmpl=_opt_uint(table, "vmpl", "snp.vmpl"),
-            max_vmpl=_opt_uint(table, "max_vmpl", "snp.max_vmpl"),
-            min_guest_svn=_opt_uint(table, "min_guest_svn", "snp.min_guest_svn"),
-            family_id=hex_list(table, "family_id", 16),
-            image_id=hex_list(table, "image_id", 16),
-        )
+    measurement: Annotated[list[str] | None, hex_values(48)] = None
+    host_data: Annotated[list[str] | None, hex_values(32)] = None
+    allow_debug: Annotated[bool, flag] = False
+    allow_migration_agent: Annotated[bool, flag] = False
+    min_tcb: Annotated[dict[str, int] | None, uint_table(_TCB_KEYS)] = None
+    vmpl: Annotated[int | None, uint()] = None
+    max_vmpl: Annotated[int | None, uint()] = None
+    min_guest_svn: Annotated[int | None, uint()] = None
+    family_id: Annotated[list[str] | None, hex_values(16)] = None
+    image_id: Annotated[list[str] | None, hex_values(16)] = None
 
     @classmethod
     def from_claims(cls, claims: Claims) -> KindPolicy:
@@ -675,18 +619,6 @@ class KindPolicy:
             family_id=[str(f["family_id"])],
             image_id=[str(f["image_id"])],
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in ("measurement", "host_data"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        out["allow_debug"] = self.allow_debug
-        out["allow_migration_agent"] = self.allow_migration_agent
-        for key in ("min_tcb", "vmpl", "max_vmpl", "min_guest_svn", "family_id", "image_id"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
 
     def check(self, claims: Claims) -> None:
         if claims.kind != KIND:

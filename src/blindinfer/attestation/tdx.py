@@ -11,11 +11,19 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from blindinfer.attestation import _dcap
 from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import expect_hex_in, hex_list, reject_unknown_keys
+from blindinfer.attestation.policy import (
+    Spec,
+    TablePolicy,
+    expect_hex_in,
+    flag,
+    hex_bytes,
+    hex_values,
+    names,
+)
 from blindinfer.errors import EvidenceError, PolicyError
 
 KIND = "tdx"
@@ -111,20 +119,16 @@ def verify(
     return _claims(result, at)
 
 
-_KEYS = {
-    *MEASUREMENTS,
-    "allow_debug",
-    "td_attributes",
-    "td_attributes_mask",
-    "xfam",
-    "xfam_mask",
-    "allowed_tcb_status",
-    "allowed_advisories",
-}
+_MEASUREMENT = hex_values(48)  # MRTD, RTMRs and MRSEAM are SHA-384 digests
+
+
+def _mask(of: str) -> Spec:
+    """``<of>_mask``: 8 bytes of hex, refused without ``<of>``, all ones when only that is set."""
+    return Spec(hex_bytes(8), requires=of, implied="ff" * 8)
 
 
 @dataclass(frozen=True)
-class KindPolicy:
+class KindPolicy(TablePolicy):
     """``[tdx]``: the TD's measurements, attributes and the platform TCB accepted.
 
     ``mrtd``, ``rtmr0``..``rtmr3``, ``mrseam``: hex or lists of hex (48 bytes);
@@ -134,40 +138,21 @@ class KindPolicy:
     """
 
     kind: ClassVar[str] = KIND
-    mrtd: list[str] | None = None
-    rtmr0: list[str] | None = None
-    rtmr1: list[str] | None = None
-    rtmr2: list[str] | None = None
-    rtmr3: list[str] | None = None
-    mrseam: list[str] | None = None
-    allow_debug: bool = False
-    td_attributes: str | None = None
-    td_attributes_mask: str | None = None
-    xfam: str | None = None
-    xfam_mask: str | None = None
-    allowed_tcb_status: list[str] = field(default_factory=lambda: list(_dcap.DEFAULT_TCB_STATUS))
-    allowed_advisories: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, table: Mapping[str, Any]) -> KindPolicy:
-        reject_unknown_keys(KIND, table, _KEYS)
-        td_attributes, td_attributes_mask = _dcap.masked_pair(table, "td_attributes", 8)
-        xfam, xfam_mask = _dcap.masked_pair(table, "xfam", 8)
-        return cls(
-            mrtd=hex_list(table, "mrtd", 48),
-            rtmr0=hex_list(table, "rtmr0", 48),
-            rtmr1=hex_list(table, "rtmr1", 48),
-            rtmr2=hex_list(table, "rtmr2", 48),
-            rtmr3=hex_list(table, "rtmr3", 48),
-            mrseam=hex_list(table, "mrseam", 48),
-            allow_debug=_dcap.opt_bool(table, "allow_debug", False),
-            td_attributes=td_attributes,
-            td_attributes_mask=td_attributes_mask,
-            xfam=xfam,
-            xfam_mask=xfam_mask,
-            allowed_tcb_status=_dcap.tcb_status_list(table),
-            allowed_advisories=_dcap.str_list(table, "allowed_advisories", ()),
-        )
+    mrtd: Annotated[list[str] | None, _MEASUREMENT] = None
+    rtmr0: Annotated[list[str] | None, _MEASUREMENT] = None
+    rtmr1: Annotated[list[str] | None, _MEASUREMENT] = None
+    rtmr2: Annotated[list[str] | None, _MEASUREMENT] = None
+    rtmr3: Annotated[list[str] | None, _MEASUREMENT] = None
+    mrseam: Annotated[list[str] | None, _MEASUREMENT] = None
+    allow_debug: Annotated[bool, flag] = False
+    td_attributes: Annotated[str | None, hex_bytes(8)] = None
+    td_attributes_mask: Annotated[str | None, _mask("td_attributes")] = None
+    xfam: Annotated[str | None, hex_bytes(8)] = None
+    xfam_mask: Annotated[str | None, _mask("xfam")] = None
+    allowed_tcb_status: Annotated[list[str], _dcap.TCB_STATUS_NAMES] = field(
+        default_factory=_dcap.default_tcb_status
+    )
+    allowed_advisories: Annotated[list[str], names()] = field(default_factory=list)
 
     @classmethod
     def from_claims(cls, claims: Claims) -> KindPolicy:
@@ -187,14 +172,6 @@ class KindPolicy:
             allowed_tcb_status=[claims.tcb_status or "UpToDate"],
             allowed_advisories=list(claims.advisory_ids),
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in sorted(_KEYS):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
 
     def check(self, claims: Claims) -> None:
         if claims.kind != KIND:
