@@ -1,33 +1,63 @@
 """A lean HTTP/1.1 keep-alive transport for the SDK's hot path.
 
 Measured on this kind of machine (2 vCPU): httpx cost ~0.45 ms per request and http.client
-~0.12 ms, more than TLS and the server's own work; writing the request and parsing the response
-by hand over a pool of kept-alive sockets costs a few microseconds. Every socket is opened
-through the caller's SSLContext, so the pinned-certificate check runs in each handshake.
+~0.12 ms, more than TLS and the server's own work. Here h11 (a maintained, sans-I/O HTTP/1.1
+state machine) does all the message framing, and this module only moves bytes over a pool of
+kept-alive sockets. Every socket is opened through the caller's SSLContext, so the
+pinned-certificate check runs in each handshake.
+
+What is refused, on top of what h11 refuses (RFC 9112 framing):
+- a reply body larger than the caller's cap: a Content-Length over it before any body byte is
+  read, a chunked or close-delimited body as soon as what arrived passes it;
+- a reply with both Transfer-Encoding and Content-Length (RFC 9112 section 6.3, rule 3: a sign
+  of response splitting that "ought to be handled as an error");
+- reuse of a connection after any error, after a reply that is followed by bytes nobody asked
+  for, or after anything arrived on it while it sat idle (we never pipeline, so such bytes can
+  only be a confused or hostile peer, and would otherwise be read as the next request's reply).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import re
+import select
 import socket
 import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
+import h11
+
 from blindinfer.errors import BindingError, BlindInferError
+
+
+class _Closed(ConnectionError):
+    """The peer closed the connection before sending any byte of the reply."""
+
+
+class _Refused(Exception):
+    """A reply that h11 accepts but this client does not (size cap, ambiguous framing)."""
+
 
 # Errors that mean a kept-alive connection was closed by the server while idle: the request
 # never reached it, so sending it again on a fresh connection is safe.
 _STALE = (
-    http.client.RemoteDisconnected,
+    _Closed,
     ConnectionResetError,
     BrokenPipeError,
     ssl.SSLEOFError,
     ssl.SSLZeroReturnError,
 )
+
+_MAX_HEADER = 65536
+_MAX_BODY = 1 << 34  # no reply of ours comes near it; a bound on a lying Content-Length
+_RECV = 262144
+# h11 refuses a 101 to a request that proposed no upgrade without naming the status; the start
+# of the reply lets it be reported as the unexpected status it is (as any other 1xx is).
+_SWITCHING = re.compile(rb"HTTP/1\.[01] 101(?:[ \r]|$)")
 
 
 @dataclass(frozen=True)
@@ -38,107 +68,149 @@ class Reply:
     peer_certificate: bytes | None = None
 
 
+def _octets(chunk: bytes | bytearray | memoryview) -> bytes:
+    """A body piece as bytes or a flat byte view, so h11 counts octets, not array items.
+
+    Typed as bytes for h11's annotations: it only takes len() of a Data payload and hands the
+    very object back to be written, so any flat buffer works and big tensors are not copied."""
+    if isinstance(chunk, bytes):
+        return chunk
+    view = memoryview(chunk)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+    return cast(bytes, view)
+
+
 class _Conn:
-    """One kept-alive HTTP/1.1 connection: requests written by hand, responses parsed by hand
-    (status line, headers, Content-Length or chunked body) over a pinned TLS socket."""
+    """One kept-alive HTTP/1.1 connection over a pinned TLS socket, framed by h11."""
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
-        self.buf = bytearray()
+        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
 
-    def send(self, head: bytes, body: bytes | Iterable[bytes] | None) -> None:
+    def idle_and_clean(self) -> bool:
+        """Whether a pooled connection can carry the next request: nothing arrived while it
+        was idle. Data or an EOF there means the server closed it, or sent bytes that would
+        be taken for the next reply."""
+        if self.sock.pending():
+            return False
+        try:
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(self.sock, select.POLLIN)
+                readable = bool(poller.poll(0))
+            else:  # pragma: no cover - platforms without poll()
+                readable = bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+        if not readable:
+            return True
+        # Readable at the TCP level can still mean only TLS housekeeping (a TLS 1.3 session
+        # ticket): read without blocking to tell that from application data or an EOF.
+        timeout = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1)
+        except ssl.SSLWantReadError:
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(timeout)
+        return False
+
+    def send(self, request: h11.Request, body: bytes | Iterable[bytes] | None) -> None:
+        http = self.http
+        if http.our_state is h11.DONE and http.their_state is h11.DONE:
+            http.start_next_cycle()
+        head = http.send(request) or b""
         if body is None or isinstance(body, bytes | bytearray | memoryview):
-            payload = head + bytes(body or b"")
-            self.sock.sendall(payload)
+            # Head and a small body in one write: one TLS record, one segment with TCP_NODELAY.
+            data = http.send(h11.Data(data=_octets(body))) if body else b""
+            end = http.send(h11.EndOfMessage()) or b""
+            self.sock.sendall(b"".join((head, data or b"", end)))
             return
         self.sock.sendall(head)
         for chunk in body:
-            self.sock.sendall(chunk)
+            # h11 checks the streamed octets against the declared Content-Length (RFC 9112
+            # section 6.2) and passes our own buffers through, so big tensors are not copied.
+            for piece in http.send_with_data_passthrough(h11.Data(data=_octets(chunk))) or ():
+                self.sock.sendall(piece)
+        end = http.send(h11.EndOfMessage())
+        if end:
+            self.sock.sendall(end)
 
-    def _fill(self) -> None:
-        data = self.sock.recv(262144)
-        if not data:
-            raise http.client.RemoteDisconnected("the server closed the connection")
-        self.buf += data
-
-    def _read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def _read_line(self) -> bytes:
-        while (end := self.buf.find(b"\r\n")) < 0:
-            if len(self.buf) > _MAX_HEADER:
-                raise http.client.HTTPException("response header too long")
-            self._fill()
-        line = bytes(self.buf[:end])
-        del self.buf[: end + 2]
-        return line
-
-    def read_response(self, max_body: int | None = None) -> tuple[int, dict[str, str], bytes, bool]:
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            if len(self.buf) > _MAX_HEADER:
-                raise http.client.HTTPException("response header too long")
-            self._fill()
-        head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        del self.buf[: end + 4]
-        try:
-            status = int(head[0].split(" ", 2)[1])
-        except (IndexError, ValueError):
-            raise http.client.HTTPException(f"malformed status line {head[0]!r}") from None
+    def receive(self, method: bytes, limit: int) -> tuple[int, dict[str, str], bytes, bool]:
+        """The reply to the request just sent: status, headers, body, and whether the
+        connection may go back to the pool."""
+        http = self.http
+        # Nothing of the reply can be buffered yet (a pooled connection had none): read first,
+        # sparing h11 a round that can only ask for data.
+        start = self.sock.recv(_RECV)
+        if not start:
+            raise _Closed("the server closed the connection")
+        http.receive_data(start)
+        status = 0
         headers: dict[str, str] = {}
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        close = headers.get("connection", "").lower() == "close"
-        limit = _MAX_BODY if max_body is None else max_body
-        if "content-length" in headers:
-            length = _length(headers["content-length"], limit)
-            body = self._read_exact(length)
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = self._read_chunked(limit)
-        else:
-            body = bytes(self.buf)
-            self.buf.clear()
-            while len(body) <= limit and (data := self.sock.recv(262144)):
-                body += data
-            if len(body) > limit:
-                raise http.client.HTTPException(f"response body over {limit} bytes")
-            close = True
-        return status, headers, body, close
-
-    def _read_chunked(self, limit: int) -> bytes:
-        out = bytearray()
+        parts: list[bytes | bytearray] = []
+        size = 0
         while True:
-            size = _length(self._read_line().split(b";")[0].strip(), limit - len(out), base=16)
-            if size == 0:
-                while self._read_line():
-                    pass  # trailers
-                return bytes(out)
-            out += self._read_exact(size)
-            self._read_line()
+            try:
+                event = http.next_event()
+            except h11.RemoteProtocolError:
+                # ``start`` (the first read) holds the status line of a refused 101.
+                if not status and _SWITCHING.match(start):
+                    return 101, {}, b"", False
+                raise
+            if event is h11.NEED_DATA:
+                http.receive_data(self.sock.recv(_RECV))
+            elif isinstance(event, h11.InformationalResponse):
+                # A 1xx to a request that asked for none: handed up as the reply (the caller
+                # refuses it); the final reply that may follow is never read, so never reuse.
+                return event.status_code, _header_dict(event.headers), b"", False
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                headers = _header_dict(event.headers)
+                _check_framing(method, status, headers, limit)
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > limit:
+                    raise _Refused(f"response body over {limit} bytes")
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:  # ConnectionClosed or PAUSED cannot come before EndOfMessage
+                raise _Refused(f"unexpected {event!r} in the reply")
+        reusable = (
+            http.our_state is h11.DONE
+            and http.their_state is h11.DONE
+            # RFC 9112 section 9.3.2: replies come in request order, one per request; we
+            # sent one request, so anything past this reply is not an answer to anything.
+            and not http.trailing_data[0]
+        )
+        return status, headers, b"".join(parts), reusable
 
 
-_MAX_HEADER = 65536
-_MAX_BODY = 1 << 34  # no reply of ours comes near it; a bound on a lying Content-Length
+def _header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    # h11 gives names lower-cased and Content-Length duplicates already merged or refused.
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
 
 
-def _length(raw: str | bytes, limit: int, base: int = 10) -> int:
-    """A Content-Length or chunk size: digits only (no sign, no spaces), at most ``limit``."""
-    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
-    digits = "0123456789abcdefABCDEF" if base == 16 else "0123456789"
-    if not text or len(text) > 20 or any(c not in digits for c in text):
-        raise http.client.HTTPException(f"malformed length {text[:30]!r} in the response")
-    value = int(text, base)
-    if value > limit:
-        raise http.client.HTTPException(f"response body of {value} bytes is over {limit}")
-    return value
+def _check_framing(method: bytes, status: int, headers: Mapping[str, str], limit: int) -> None:
+    if "transfer-encoding" in headers and "content-length" in headers:
+        raise _Refused("response has both Transfer-Encoding and Content-Length")
+    # RFC 9112 section 6.3, rule 1: no body follows a HEAD, 204 or 304, whatever it declares.
+    if method == b"HEAD" or status in (204, 304):
+        return
+    declared = headers.get("content-length")
+    # h11 has checked it is 1 to 20 digits (RFC 9110 section 8.6: no sign, no spaces).
+    if declared is not None and int(declared) > limit:
+        raise _Refused(f"response body of {int(declared)} bytes is over {limit}")
 
 
 class Transport:
@@ -178,11 +250,16 @@ class Transport:
         return _Conn(sock)
 
     def _take(self) -> tuple[_Conn, bool]:
-        with self._lock:
-            if self._closed:
-                raise BlindInferError("this connection is closed")
-            if self._idle:
-                return self._idle.pop(), True
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise BlindInferError("this connection is closed")
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            if conn.idle_and_clean():
+                return conn, True
+            conn.close()
         return self._new(), False
 
     def _give(self, conn: _Conn) -> None:
@@ -192,21 +269,28 @@ class Transport:
                 return
         conn.close()
 
-    def _head(
+    def _request_event(
         self, method: str, path: str, body: object, headers: Mapping[str, str] | None
-    ) -> bytes:
-        lines = [f"{method} {path} HTTP/1.1", f"host: {self._host_header}"]
+    ) -> h11.Request:
+        fields = [("host", self._host_header)]
         given = {k.lower() for k in headers or {}}
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
+        fields += list((headers or {}).items())
         if "content-length" not in given:
             if isinstance(body, bytes | bytearray | memoryview):
-                lines.append(f"content-length: {len(body)}")
+                fields.append(("content-length", str(memoryview(body).nbytes)))
             elif body is not None:
                 raise ValueError("a streamed body needs a content-length header")
             elif method in ("POST", "PUT"):
-                lines.append("content-length: 0")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+                fields.append(("content-length", "0"))
+        try:
+            # h11 refuses a CR, LF or NUL in the target or a header (no request splitting).
+            return h11.Request(
+                method=method.encode("ascii"),
+                target=path.encode("latin-1"),
+                headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields],
+            )
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            raise ValueError(f"invalid request {method} {path[:100]!r}: {exc}") from exc
 
     def request(
         self,
@@ -219,25 +303,26 @@ class Transport:
         max_body: int | None = None,
     ) -> Reply:
         """Send one request; a stale pooled connection is replaced once, transparently."""
-        head = self._head(method, path, body, headers)
+        event = self._request_event(method, path, body, headers)
+        limit = _MAX_BODY if max_body is None else max_body
         for attempt in range(2):
             conn, reused = self._take()
             try:
-                conn.send(head, body)
-                status, reply_headers, data, close = conn.read_response(max_body)
+                conn.send(event, body)
+                status, reply_headers, data, reusable = conn.receive(event.method, limit)
             except _STALE as exc:
                 conn.close()
                 if reused and attempt == 0 and not _is_iterator(body):
                     continue
                 raise BlindInferError(f"{self.base_url} closed the connection: {exc}") from exc
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except (OSError, h11.ProtocolError, _Refused) as exc:
                 conn.close()
                 raise BlindInferError(f"request to {self.base_url}{path} failed: {exc}") from exc
             peer = conn.sock.getpeercert(True) if peer_certificate else None
-            if close:
-                conn.close()
-            else:
+            if reusable:
                 self._give(conn)
+            else:
+                conn.close()
             return Reply(status, reply_headers, data, peer)
         raise AssertionError("unreachable")
 
