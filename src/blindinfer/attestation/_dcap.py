@@ -1,16 +1,21 @@
 """Shared Intel DCAP plumbing for the SGX (quote v3) and TDX (quote v4/v5) verifiers.
 
-The cryptographic work (QE report and ISV signatures, PCK chain and CRLs, TCB info and QE identity
-signatures and validity windows, TCB level matching) is done by dcap-qvl
-(``verify_with_root_ca``, with the verification time passed explicitly). This module adds:
+The quote's own cryptography (QE report and ISV signatures) and TCB level matching are done by
+dcap-qvl (``verify_with_root_ca``, with the verification time passed explicitly). Before dcap-qvl
+is called, this module checks:
 
 - a strict parse of the quote layout, so that no byte of the quote is left unchecked: dcap-qvl
   ignores size fields it does not need, PEM whitespace and the root certificate embedded in the
   quote (it anchors on the root it is given); here every size must add up exactly, the embedded
   PCK chain must be canonical PEM and end in the trusted root, and only zero padding may follow
   the signature data;
-- validity windows of every collateral item, so that an expired item is named with its date;
-- the mapping of every dcap-qvl failure to EvidenceError or CollateralError;
+- the collateral, each check deciding the error class by what it checked (CollateralError: fetch
+  fresh collateral; EvidenceError: the quote itself is refused): issuer chains ending in the
+  root; the TCB info and QE identity signatures; the CRL signatures; that the TCB info and QE
+  identity are for this kind of quote and the TCB info for this platform's FMSPC; revocation of
+  every certificate in the PCK chain and the collateral chains; validity windows of every item,
+  so that an expired item is named with its date. Whatever dcap-qvl still refuses after that is
+  the quote's fault: EvidenceError, whatever its message says;
 - the TCB-status / advisory / masked-attribute policy checks both kinds share.
 
 Layout references: Intel SGX ECDSA Quote Library API, Appendix A "Quote Format" (quote v3: header,
@@ -34,6 +39,7 @@ from typing import Any
 
 import dcap_qvl
 from cryptography import x509
+from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.attestation import _x509
@@ -68,6 +74,18 @@ CERT_PCK_CHAIN = 5
 CERT_QE_REPORT = 6
 SIG_LEN = KEY_LEN = 64
 QE_REPORT_LEN = 384
+
+# SGX extensions of a PCK certificate (Intel SGX PCK Certificate and CRL Profile, "SGX
+# Extensions"): a SEQUENCE of SEQUENCE { OID, value }; the FMSPC item is an OCTET STRING of 6.
+SGX_EXTENSIONS_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
+# The FMSPC OID's DER content octets (after the one-byte tag and one-byte length).
+FMSPC_OID = asn1.encode_der(x509.ObjectIdentifier("1.2.840.113741.1.13.1.4"))[2:]
+DER_SEQUENCE, DER_OCTET_STRING, DER_OID = 0x30, 0x04, 0x06
+FMSPC_LEN = 6
+# The "id" of the TCB info and QE identity for each TEE type (Intel PCS API v4, "TCB Info" and
+# "Enclave Identity" v2/v3). TCB info version 2 (PCS v3) has no id and is SGX-only.
+TCB_INFO_IDS = {TEE_SGX: "SGX", TEE_TDX: "TDX"}
+QE_IDENTITY_IDS = {TEE_SGX: "QE", TEE_TDX: "TD_QE"}
 
 TCB_STATUSES = (
     "UpToDate",
@@ -307,12 +325,20 @@ def _collateral_chain(coll: Any, key: str) -> list[x509.Certificate]:
         raise CollateralError(f"DCAP collateral {key} is not a valid PEM chain: {exc}") from exc
 
 
-def check_collateral_chains(coll: Any, layout: QuoteLayout, root: bytes) -> None:
+SIGNED_ITEMS = (("tcb_info", "tcb_info_issuer_chain"), ("qe_identity", "qe_identity_issuer_chain"))
+
+
+def check_collateral_chains(
+    coll: Any, layout: QuoteLayout, root: bytes
+) -> dict[str, list[x509.Certificate]]:
     """Issuer chains of TCB info and QE identity end in the root; the PCK CRL's issuer chain is
     the quote's PCK chain above the leaf (the CA that issued the PCK certificate, then the root).
+    Returns the two signing chains by collateral key.
     """
-    for key in ("tcb_info_issuer_chain", "qe_identity_issuer_chain"):
-        check_chain(_collateral_chain(coll, key), root, f"DCAP collateral {key}", CollateralError)
+    chains = {}
+    for _, key in SIGNED_ITEMS:
+        chains[key] = _collateral_chain(coll, key)
+        check_chain(chains[key], root, f"DCAP collateral {key}", CollateralError)
     crl_chain = [
         c.public_bytes(Encoding.DER) for c in _collateral_chain(coll, "pck_crl_issuer_chain")
     ]
@@ -321,6 +347,121 @@ def check_collateral_chains(coll: Any, layout: QuoteLayout, root: bytes) -> None
             "DCAP collateral pck_crl_issuer_chain is not the chain of the CA that issued this "
             "quote's PCK certificate (collateral for another platform, or altered)"
         )
+    return chains
+
+
+@dataclass(frozen=True)
+class Crls:
+    root_ca: x509.CertificateRevocationList  # issued by the root CA: revokes the CAs below it
+    pck: x509.CertificateRevocationList  # issued by the PCK CA: revokes PCK certificates
+
+
+def check_collateral_signatures(
+    coll: Any, layout: QuoteLayout, chains: Mapping[str, Sequence[x509.Certificate]]
+) -> Crls:
+    """TCB info and QE identity: the ``signature`` of PCS's response (hex, raw ECDSA P-256
+    ``r || s``) over the exact UTF-8 bytes of the ``tcbInfo`` / ``enclaveIdentity`` JSON value as
+    served, by the leaf of the chain in the ``TCB-Info-Issuer-Chain`` /
+    ``SGX-Enclave-Identity-Issuer-Chain`` header (Intel PCS API v4, "Get TCB Info", "Get
+    Quoting Enclave Identity"). Root CA CRL: signed by the root; PCK CRL: by the CA that issued
+    the PCK certificate (Intel SGX PCK Certificate and CRL Profile). All CollateralError.
+    """
+    for item, chain_key in SIGNED_ITEMS:
+        _x509.verify_raw_ecdsa_p256(
+            chains[chain_key][0],
+            str(getattr(coll, item)).encode("utf-8"),
+            bytes(getattr(coll, f"{item}_signature")),
+            f"DCAP collateral {item}",
+            CollateralError,
+        )
+    root, pck_ca = layout.pck_chain[-1], layout.pck_chain[1]
+    return Crls(
+        root_ca=_x509.load_crl(
+            coll.root_ca_crl, root, "DCAP collateral root_ca_crl", CollateralError
+        ),
+        pck=_x509.load_crl(coll.pck_crl, pck_ca, "DCAP collateral pck_crl", CollateralError),
+    )
+
+
+def pck_fmspc(pck: x509.Certificate, kind: str) -> str:
+    """FMSPC (6 bytes, lowercase hex) from the PCK certificate's SGX extensions; EvidenceError if
+    absent or malformed (the certificate is the quote's)."""
+    try:
+        ext = pck.extensions.get_extension_for_oid(SGX_EXTENSIONS_OID).value
+        raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
+        ((tag, items),) = _x509.der_elements(raw)
+        for item_tag, item in _x509.der_elements(items) if tag == DER_SEQUENCE else []:
+            parts = _x509.der_elements(item) if item_tag == DER_SEQUENCE else []
+            if len(parts) == 2 and parts[0] == (DER_OID, FMSPC_OID):
+                value_tag, value = parts[1]
+                if value_tag == DER_OCTET_STRING and len(value) == FMSPC_LEN:
+                    return value.hex()
+    except (x509.ExtensionNotFound, *_PARSE_ERRORS):
+        pass
+    raise EvidenceError(
+        f"the {kind} quote's PCK certificate has no valid FMSPC in its SGX extensions "
+        f"(OID {SGX_EXTENSIONS_OID.dotted_string})"
+    )
+
+
+def _json_object(coll: Any, item: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(str(getattr(coll, item)))
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise CollateralError(f"DCAP collateral {item} is not a JSON object")
+    return doc
+
+
+def check_collateral_subject(coll: Any, layout: QuoteLayout, kind: str, fmspc: str) -> None:
+    """The TCB info and QE identity are for this kind of quote, the TCB info for this platform
+    (its ``fmspc`` is the PCK certificate's): else the collateral is another quote's."""
+    info, qe = _json_object(coll, "tcb_info"), _json_object(coll, "qe_identity")
+    for item, doc, ids in (("tcb_info", info, TCB_INFO_IDS), ("qe_identity", qe, QE_IDENTITY_IDS)):
+        want = ids[layout.tee_type]
+        got = doc.get("id", ids[TEE_SGX])
+        if got != want:
+            raise CollateralError(
+                f"DCAP collateral {item} has id {got!r}, not {want!r}: it is for another kind "
+                f"of quote than this {kind} quote; {COLLATERAL_HINT}"
+            )
+    got_fmspc = str(info.get("fmspc", "")).lower()
+    if got_fmspc != fmspc:
+        raise CollateralError(
+            f"DCAP collateral tcb_info is for FMSPC {got_fmspc or 'none'}, but this {kind} "
+            f"quote's PCK certificate has FMSPC {fmspc}: collateral for another platform; "
+            f"{COLLATERAL_HINT}"
+        )
+
+
+def _revoked(cert: x509.Certificate, crl: x509.CertificateRevocationList) -> bool:
+    return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def check_revocation(
+    layout: QuoteLayout, chains: Mapping[str, Sequence[x509.Certificate]], crls: Crls, kind: str
+) -> None:
+    """No certificate below the root is revoked (RFC 5280 section 6.3). A revoked PCK
+    certificate or PCK CA is the quote's: Intel withdrew trust in that platform or CA, and fresh
+    collateral cannot help (EvidenceError). A revoked collateral signer is CollateralError."""
+    quote_certs = (
+        (layout.pck_chain[0], crls.pck, "PCK certificate", "pck_crl"),
+        (layout.pck_chain[1], crls.root_ca, "PCK CA certificate", "root_ca_crl"),
+    )
+    for cert, crl, label, crl_name in quote_certs:
+        if _revoked(cert, crl):
+            raise EvidenceError(
+                f"the {kind} quote's {label} {_x509.common_name(cert)!r} (serial "
+                f"{cert.serial_number:#x}) is revoked by the collateral's {crl_name}"
+            )
+    for key, chain in chains.items():
+        for cert in chain[:-1]:
+            if _revoked(cert, crls.root_ca):
+                raise CollateralError(
+                    f"DCAP collateral {key} certificate {_x509.common_name(cert)!r} (serial "
+                    f"{cert.serial_number:#x}) is revoked by root_ca_crl; {COLLATERAL_HINT}"
+                )
 
 
 # Validity windows: (item, start, end). Each getter reads one item of the collateral.
@@ -418,14 +559,7 @@ class DcapResult:
     advisory_ids: tuple[str, ...]
     platform_tcb_status: str | None
     qe_tcb_status: str | None
-    fmspc: str | None
-
-
-_TIME_WORDS = ("expired", "in the future", "not valid after", "not valid before", "NotValidYet")
-_COLLATERAL_WORDS = (
-    "tcb_info", "tcbinfo", "tcb info", "qe_identity", "qeidentity", "qe identity", "collateral",
-    "crl", "revocation", "fmspc mismatch", "root ca",
-)  # fmt: skip
+    fmspc: str
 
 
 def _clean(exc: BaseException) -> str:
@@ -433,32 +567,19 @@ def _clean(exc: BaseException) -> str:
     return re.sub(r"\s*\n\s*(Caused by:)?\s*", " ", text).strip()
 
 
-def _classify(exc: BaseException, kind: str, windows: Sequence[Window], at: datetime) -> Exception:
-    """Map a dcap-qvl failure to the error type it means."""
+def _quote_failure(exc: BaseException, kind: str) -> EvidenceError:
+    """A dcap-qvl refusal once blindinfer's own collateral checks passed: the quote's fault.
+
+    The class never depends on dcap-qvl's wording; the text only picks a more helpful message.
+    """
     msg = _clean(exc)
-    low = msg.lower()
-    if any(w.lower() in low for w in _TIME_WORDS):
-        stale = _stale(windows, at) or ["an item's validity window"]
-        return CollateralError(
-            f"DCAP collateral is not valid at {at.isoformat()} ({msg}): {'; '.join(stale)}; "
-            f"{COLLATERAL_HINT}"
-        )
-    if "no matching tcb level" in low:
+    if "no matching tcb level" in msg.lower():
         return EvidenceError(
             f"{kind} quote refused: no matching TCB level ({msg}): the platform's TCB is below "
             f"every level in Intel's TCB info, so Intel no longer vouches for it; update the "
             f"platform's microcode/firmware"
         )
-    if any(w in low for w in _COLLATERAL_WORDS):
-        return CollateralError(f"DCAP collateral refused for this {kind} quote: {msg}")
     return EvidenceError(f"{kind} quote verification failed: {msg}")
-
-
-def _fmspc(quote: bytes) -> str | None:
-    try:
-        return str(dcap_qvl.parse_quote(quote).fmspc()).lower()
-    except Exception:
-        return None
 
 
 def _status(report: Mapping[str, Any], key: str) -> str | None:
@@ -510,17 +631,20 @@ def verify_quote(
         )
     root = _root_der(roots)
     check_chain(layout.pck_chain, root, f"the {kind} quote's PCK certificate chain", EvidenceError)
+    fmspc = pck_fmspc(layout.pck_chain[0], kind)
     coll = load_collateral(collateral, kind)
-    check_collateral_chains(coll, layout, root)
-    windows = collateral_windows(coll, layout)
-    check_windows(windows, at)
+    chains = check_collateral_chains(coll, layout, root)
+    crls = check_collateral_signatures(coll, layout, chains)
+    check_collateral_subject(coll, layout, kind, fmspc)
+    check_revocation(layout, chains, crls, kind)
+    check_windows(collateral_windows(coll, layout), at)
     ts = int(at.timestamp())
     try:
         report = _run_dcap(bytes(quote), coll, root, ts)
         doc = json.loads(report.to_json())
         status, advisories = str(report.status), tuple(str(a) for a in report.advisory_ids)
     except _DcapFailure as failure:
-        raise _classify(failure.cause, kind, windows, at) from failure.cause
+        raise _quote_failure(failure.cause, kind) from failure.cause
     except (TypeError, ValueError, AttributeError) as exc:
         raise EvidenceError(f"unexpected dcap-qvl result for a {kind} quote: {exc}") from exc
     if status not in TCB_STATUSES or status == "Revoked":
@@ -531,7 +655,7 @@ def verify_quote(
         advisory_ids=advisories,
         platform_tcb_status=_status(doc, "platform_status"),
         qe_tcb_status=_status(doc, "qe_status"),
-        fmspc=_fmspc(bytes(quote)),
+        fmspc=fmspc,
     )
 
 

@@ -21,6 +21,9 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtensionOID, NameOID
 from cryptography.x509.verification import (
@@ -34,6 +37,7 @@ from cryptography.x509.verification import (
 from blindinfer.errors import AttestationError
 
 ErrorType = type[AttestationError]
+CRL = x509.CertificateRevocationList
 
 # What cryptography raises on a malformed or unverifiable certificate (besides InvalidSignature).
 PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
@@ -169,3 +173,74 @@ def validate_path(
         raise error(f"{what} certificate path does not validate: {exc}") from exc
     if built != [leaf, *reversed(intermediates), root]:
         raise error(f"{what} certificate path is not the one its certificates list, in order")
+
+
+def verify_raw_ecdsa_p256(
+    signer: x509.Certificate, data: bytes, signature: bytes, what: str, error: ErrorType
+) -> None:
+    """``signature`` is raw ECDSA P-256 ``r || s`` (32 bytes each, big-endian) over SHA-256 of
+    ``data``, by ``signer``'s key: the form Intel's PCS uses for TCB info and QE identity."""
+    if len(signature) != 64:
+        raise error(f"{what} signature is {len(signature)} bytes, not 64 (raw ECDSA P-256 r || s)")
+    key = signer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise error(f"{what} signer {common_name(signer)!r} does not have an ECDSA P-256 key")
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    try:
+        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise error(
+            f"{what} signature by {common_name(signer)!r} does not verify (altered, or signed "
+            f"by another key)"
+        ) from None
+
+
+def load_crl(der: bytes, issuer: x509.Certificate, what: str, error: ErrorType) -> CRL:
+    """A DER CRL issued (name) and signed (key) by ``issuer`` (RFC 5280 section 6.3.3 (f), (g)).
+
+    ``cryptography`` refuses a CRL whose unsigned outer signatureAlgorithm differs from the
+    signed one (RFC 5280 section 5.1.1.2), so no byte of it escapes the signature check.
+    """
+    try:
+        crl = x509.load_der_x509_crl(bytes(der))
+        if crl.issuer != issuer.subject:
+            raise error(
+                f"{what} is issued by {crl.issuer.rfc4514_string()!r}, not by "
+                f"{issuer.subject.rfc4514_string()!r}"
+            )
+        key = issuer.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise error(f"{what} issuer {common_name(issuer)!r} does not have an ECDSA key")
+        valid = crl.is_signature_valid(key)
+    except PARSE_ERRORS as exc:
+        raise error(f"{what} is not a valid CRL: {exc}") from exc
+    if not valid:
+        raise error(
+            f"{what} signature by {common_name(issuer)!r} does not verify (altered, or signed "
+            f"by another key)"
+        )
+    return crl
+
+
+def der_elements(data: bytes) -> list[tuple[int, bytes]]:
+    """Split DER content into its (tag, value) elements (ITU-T X.690 8.1: one-byte tags and
+    definite lengths, which is all DER allows for the universal types read here)."""
+    out, pos = [], 0
+    while pos < len(data):
+        if pos + 2 > len(data):
+            raise ValueError("truncated DER element")
+        tag, length = data[pos], data[pos + 1]
+        pos += 2
+        if length & 0x80:
+            n = length & 0x7F
+            if n == 0 or n > 4 or pos + n > len(data):
+                raise ValueError("unsupported DER length")
+            length = int.from_bytes(data[pos : pos + n], "big")
+            pos += n
+        if pos + length > len(data):
+            raise ValueError("DER element overruns its container")
+        out.append((tag, data[pos : pos + length]))
+        pos += length
+    return out
