@@ -462,3 +462,17 @@ def test_request_splitting_is_refused_before_sending(
     with pytest.raises(ValueError, match="invalid request"):
         server.transport().request("GET", path, None, headers)
     assert server.connections == 0
+
+
+def test_validated_request_heads_are_reused_only_for_the_same_request() -> None:
+    t = Transport("https://127.0.0.1:1", ssl.create_default_context(), 1.0)
+    a = t._request_event("POST", "/v2/models/m/infer", b"x" * 10, {"content-type": "a/b"})
+    assert t._request_event("POST", "/v2/models/m/infer", b"y" * 10, {"content-type": "a/b"}) is a
+    other_size = t._request_event("POST", "/v2/models/m/infer", b"x" * 11, {"content-type": "a/b"})
+    assert other_size is not a and (b"content-length", b"11") in other_size.headers
+    assert (
+        t._request_event("POST", "/v2/models/n/infer", b"x" * 10, {"content-type": "a/b"}) is not a
+    )
+    for i in range(300):  # bounded: a client that never repeats itself does not grow it
+        t._request_event("GET", f"/p{i}", None, None)
+    assert len(t._requests) <= 256

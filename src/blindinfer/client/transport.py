@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from blindinfer.errors import BindingError, BlindInferError
+from blindinfer.errors import BindingError, BlindInferError, ConnectError
 
 
 class _Closed(ConnectionError):
@@ -58,6 +58,10 @@ _RECV = 262144
 # h11 refuses a 101 to a request that proposed no upgrade without naming the status; the start
 # of the reply lets it be reported as the unexpected status it is (as any other 1xx is).
 _SWITCHING = re.compile(rb"HTTP/1\.[01] 101(?:[ \r]|$)")
+_END = h11.EndOfMessage()  # immutable: one instance serves every request
+# h11 validates every header of every Request it is given (~8 us); an SDK sends the same few
+# request heads over and over (same model, same body size), so validated events are reused.
+_REQUEST_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ class _Conn:
         if body is None or isinstance(body, bytes | bytearray | memoryview):
             # Head and a small body in one write: one TLS record, one segment with TCP_NODELAY.
             data = http.send(h11.Data(data=_octets(body))) if body else b""
-            end = http.send(h11.EndOfMessage()) or b""
+            end = http.send(_END) or b""
             self.sock.sendall(b"".join((head, data or b"", end)))
             return
         self.sock.sendall(head)
@@ -141,7 +145,7 @@ class _Conn:
             # section 6.2) and passes our own buffers through, so big tensors are not copied.
             for piece in http.send_with_data_passthrough(h11.Data(data=_octets(chunk))) or ():
                 self.sock.sendall(piece)
-        end = http.send(h11.EndOfMessage())
+        end = http.send(_END)
         if end:
             self.sock.sendall(end)
 
@@ -167,7 +171,15 @@ class _Conn:
                 if not status and _SWITCHING.match(start):
                     return 101, {}, b"", False
                 raise
-            if event is h11.NEED_DATA:
+            kind = type(event)
+            if kind is h11.Data:
+                size += len(event.data)  # type: ignore[union-attr]
+                if size > limit:
+                    raise _Refused(f"response body over {limit} bytes")
+                parts.append(event.data)  # type: ignore[union-attr]
+            elif kind is h11.EndOfMessage:
+                break
+            elif event is h11.NEED_DATA:
                 http.receive_data(self.sock.recv(_RECV))
             elif isinstance(event, h11.InformationalResponse):
                 # A 1xx to a request that asked for none: handed up as the reply (the caller
@@ -177,13 +189,6 @@ class _Conn:
                 status = event.status_code
                 headers = _header_dict(event.headers)
                 _check_framing(method, status, headers, limit)
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > limit:
-                    raise _Refused(f"response body over {limit} bytes")
-                parts.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                break
             else:  # ConnectionClosed or PAUSED cannot come before EndOfMessage
                 raise _Refused(f"unexpected {event!r} in the reply")
         reusable = (
@@ -226,12 +231,14 @@ class Transport:
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._requests: dict[tuple[str, str, tuple[tuple[str, str], ...], int | None], h11.Request]
+        self._requests = {}
 
     def _new(self) -> _Conn:
         try:
             raw = socket.create_connection((self._host, self._port), timeout=self._timeout)
         except OSError as exc:
-            raise BlindInferError(f"cannot reach {self.base_url}: {exc}") from exc
+            raise ConnectError(f"cannot reach {self.base_url}: {exc}") from exc
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = self._context.wrap_socket(raw, server_hostname=self._host)
@@ -246,7 +253,7 @@ class Transport:
             raise
         except (OSError, ssl.SSLError) as exc:
             raw.close()
-            raise BlindInferError(f"cannot reach {self.base_url}: {exc}") from exc
+            raise ConnectError(f"cannot reach {self.base_url}: {exc}") from exc
         return _Conn(sock)
 
     def _take(self) -> tuple[_Conn, bool]:
@@ -270,6 +277,19 @@ class Transport:
         conn.close()
 
     def _request_event(
+        self, method: str, path: str, body: object, headers: Mapping[str, str] | None
+    ) -> h11.Request:
+        size = memoryview(body).nbytes if isinstance(body, bytes | bytearray | memoryview) else None
+        key = (method, path, tuple((headers or {}).items()), size)
+        event = self._requests.get(key)
+        if event is None:
+            event = self._build_request(method, path, body, headers)
+            if len(self._requests) >= _REQUEST_CACHE_SIZE:
+                self._requests.clear()
+            self._requests[key] = event
+        return event
+
+    def _build_request(
         self, method: str, path: str, body: object, headers: Mapping[str, str] | None
     ) -> h11.Request:
         fields = [("host", self._host_header)]
