@@ -34,13 +34,13 @@ import onnxruntime as ort
 from tests._server import free_port, is_ready
 
 from bench.models import NAMES, BenchModel, ensure_model
-from blindinfer.client.connection import (
+from blindinfer._client.connection import (
     Connection,
     InsecureSimulationWarning,
     fetch_evidence,
 )
-from blindinfer.client.connection import connect as sdk_connect
-from blindinfer.engine.registry import EngineOptions, ModelRegistry, session_options
+from blindinfer._client.connection import connect as sdk_connect
+from blindinfer._engine.registry import EngineOptions, ModelRegistry, session_options
 
 TOKEN = "bench-owner-token-0123456789abcdef"
 ROOT = Path(__file__).resolve().parent

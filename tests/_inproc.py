@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from blindinfer.server.config import Settings
-from blindinfer.server.runner import build_state, serve_state
-from blindinfer.server.state import ServerState
-from blindinfer.tee.base import TeeBackend
+from blindinfer._server.config import Settings
+from blindinfer._server.runner import build_state, serve_state
+from blindinfer._server.state import ServerState
+from blindinfer._tee.base import TeeBackend
 from tests._server import OWNER_TOKEN, free_port
 
 

@@ -120,7 +120,7 @@ def test_verify_simulation_evidence_file(server: ServerProcess, tmp_path: Path) 
 
 
 def _other_cert() -> bytes:
-    from blindinfer.server.tls import generate_identity
+    from blindinfer._server.tls import generate_identity
 
     return generate_identity().certificate_der
 

@@ -30,7 +30,7 @@ def test_collateral_only_where_the_kind_needs_it() -> None:
 def test_unknown_names_are_refused_with_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="use one of simulation, sgx, tdx, snp, nitro"):
         Policy.from_mapping({"sev": {}})
-    from blindinfer.tee import create_backend
+    from blindinfer._tee import create_backend
 
     with pytest.raises(BackendUnavailable, match="gramine-sgx"):
         create_backend("sgx-typo", __import__("pathlib").Path("/nonexistent"))

@@ -57,11 +57,11 @@ def __getattr__(name: str) -> object:
     # The SDK and policy are imported lazily so that `import blindinfer` stays light for the
     # server process (which never imports the client) and for tools that only need errors.
     if name in ("connect", "Connection", "InsecureSimulationWarning"):
-        from blindinfer import client
+        from blindinfer import _client as client
 
         return getattr(client, name)
     if name == "Policy":
-        from blindinfer.attestation.policy import Policy
+        from blindinfer.attestation._policy import Policy
 
         return Policy
     raise AttributeError(name)

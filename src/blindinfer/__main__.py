@@ -1,3 +1,3 @@
-from blindinfer.cli import main
+from blindinfer._cli import main
 
 main()

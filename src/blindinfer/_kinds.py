@@ -36,29 +36,29 @@ class Kind:
 _TABLE = (
     Kind(
         "simulation",
-        "blindinfer.attestation.simulation",
-        {"simulation": "blindinfer.tee.simulation"},
+        "blindinfer.attestation._simulation",
+        {"simulation": "blindinfer._tee.simulation"},
         insecure=True,
     ),
     Kind(
         "sgx",
-        "blindinfer.attestation.sgx",
-        {"gramine-sgx": "blindinfer.tee.gramine"},
-        "blindinfer.collateral:dcap_provider",
+        "blindinfer.attestation._sgx",
+        {"gramine-sgx": "blindinfer._tee.gramine"},
+        "blindinfer._collateral:dcap_provider",
     ),
     Kind(
         "tdx",
-        "blindinfer.attestation.tdx",
-        {"tdx": "blindinfer.tee.configfs_tsm"},
-        "blindinfer.collateral:dcap_provider",
+        "blindinfer.attestation._tdx",
+        {"tdx": "blindinfer._tee.configfs_tsm"},
+        "blindinfer._collateral:dcap_provider",
     ),
     Kind(
         "snp",
-        "blindinfer.attestation.snp",
-        {"sev-snp": "blindinfer.tee.configfs_tsm"},
-        "blindinfer.collateral:amd_provider",
+        "blindinfer.attestation._snp",
+        {"sev-snp": "blindinfer._tee.configfs_tsm"},
+        "blindinfer._collateral:amd_provider",
     ),
-    Kind("nitro", "blindinfer.attestation.nitro", {"nitro": "blindinfer.tee.nitro"}),
+    Kind("nitro", "blindinfer.attestation._nitro", {"nitro": "blindinfer._tee.nitro"}),
 )
 
 KINDS: dict[str, Kind] = {k.name: k for k in _TABLE}

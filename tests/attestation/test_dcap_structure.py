@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.attestation import _dcap, sgx, tdx
-from blindinfer.attestation.claims import Claims
+from blindinfer.attestation._claims import Claims
 from blindinfer.errors import AttestationError, CollateralError, EvidenceError
 from tests.e2e._dcap_forge import DcapTestPki, Template, raw_sign
 

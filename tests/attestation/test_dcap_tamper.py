@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from blindinfer.attestation import sgx, tdx
-from blindinfer.attestation.claims import Claims
+from blindinfer.attestation import _sgx as sgx
+from blindinfer.attestation import _tdx as tdx
+from blindinfer.attestation._claims import Claims
 from blindinfer.errors import AttestationError, CollateralError, EvidenceError
 
 INSIDE = datetime(2025, 7, 1, tzinfo=UTC)

@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from blindinfer.attestation import nitro
-from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import Policy
+from blindinfer.attestation import _nitro as nitro
+from blindinfer.attestation._claims import Claims
+from blindinfer.attestation._policy import Policy
 from blindinfer.errors import ConfigError, EvidenceError, PolicyError
 
 from ._snp_nitro_forge import (

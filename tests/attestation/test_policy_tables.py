@@ -8,9 +8,13 @@ from typing import Any
 import pytest
 import tomli_w
 
-from blindinfer.attestation import nitro, sgx, simulation, snp, tdx
-from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import Policy, TablePolicy
+from blindinfer.attestation import _nitro as nitro
+from blindinfer.attestation import _sgx as sgx
+from blindinfer.attestation import _simulation as simulation
+from blindinfer.attestation import _snp as snp
+from blindinfer.attestation import _tdx as tdx
+from blindinfer.attestation._claims import Claims
+from blindinfer.attestation._policy import Policy, TablePolicy
 from blindinfer.errors import ConfigError
 
 MODULES = {"simulation": simulation, "sgx": sgx, "tdx": tdx, "snp": snp, "nitro": nitro}

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.attestation import Evidence, Policy, sgx, tdx, verify_evidence
-from blindinfer.attestation.claims import Claims
+from blindinfer.attestation._claims import Claims
 from blindinfer.errors import CollateralError, ConfigError, EvidenceError, PolicyError
 
 INSIDE = datetime(

@@ -9,9 +9,11 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from blindinfer._server.tls import generate_identity
+from blindinfer._tee.simulation import SimulationBackend, code_measurement, create
 from blindinfer.attestation import Evidence, Policy, detect_kind, verify_evidence
-from blindinfer.attestation import simulation as sim
-from blindinfer.attestation.binding import check_binding, report_data_for
+from blindinfer.attestation import _simulation as sim
+from blindinfer.attestation._binding import check_binding, report_data_for
 from blindinfer.errors import (
     AttestationError,
     BindingError,
@@ -19,8 +21,6 @@ from blindinfer.errors import (
     EvidenceError,
     PolicyError,
 )
-from blindinfer.server.tls import generate_identity
-from blindinfer.tee.simulation import SimulationBackend, code_measurement, create
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 CERT = generate_identity().certificate_der

@@ -11,9 +11,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from blindinfer.attestation import snp
-from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import Policy
+from blindinfer.attestation import _snp as snp
+from blindinfer.attestation._claims import Claims
+from blindinfer.attestation._policy import Policy
 from blindinfer.errors import CollateralError, ConfigError, EvidenceError, PolicyError
 
 from ._snp_nitro_forge import (

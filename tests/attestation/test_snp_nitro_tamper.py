@@ -13,7 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from blindinfer.attestation import nitro, snp
+from blindinfer.attestation import _nitro as nitro
+from blindinfer.attestation import _snp as snp
 from blindinfer.errors import AttestationError
 
 SNP_AT = datetime(2025, 1, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from blindinfer.attestation import Evidence, Policy, _dcap, sgx, tdx, verify_evidence
-from blindinfer.attestation.claims import Claims
+from blindinfer.attestation._claims import Claims
 from blindinfer.errors import (
     AttestationError,
     CollateralError,

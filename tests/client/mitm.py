@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from blindinfer.server.tls import generate_identity
+from blindinfer._server.tls import generate_identity
 
 
 class Mitm:

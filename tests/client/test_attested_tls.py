@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import blindinfer
-from blindinfer.client import InsecureSimulationWarning
-from blindinfer.client.connection import fetch_evidence
+from blindinfer._client import InsecureSimulationWarning
+from blindinfer._client.connection import fetch_evidence
 from tests._server import ServerProcess, running_server
 from tests.client.mitm import mitm
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from blindinfer.client.tensors import to_named_arrays
+from blindinfer._client.tensors import to_named_arrays
 from blindinfer.errors import InvalidInput
 
 ONE = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from blindinfer.client.connection import _raise_for
-from blindinfer.client.tls import pinned_context
-from blindinfer.client.transport import Reply, Transport
+from blindinfer._client.connection import _raise_for
+from blindinfer._client.tls import pinned_context
+from blindinfer._client.transport import Reply, Transport
+from blindinfer._server.tls import TlsIdentity, generate_identity
 from blindinfer.errors import BlindInferError, ServerError
-from blindinfer.server.tls import TlsIdentity, generate_identity
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from blindinfer.collateral.amd import (
+from blindinfer._collateral.amd import (
     AmdKdsProvider,
     ReportedTcb,
     collateral_expiry,
@@ -17,7 +17,7 @@ from blindinfer.collateral.amd import (
     urllib_get,
     vcek_url,
 )
-from blindinfer.collateral.cache import CollateralCache
+from blindinfer._collateral.cache import CollateralCache
 from blindinfer.errors import CollateralError
 from tests.collateral.http_fakes import FakeService, serve
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from blindinfer.collateral import cache_for, collect
-from blindinfer.collateral.cache import CacheEntry, CollateralCache
+from blindinfer._collateral import cache_for, collect
+from blindinfer._collateral.cache import CacheEntry, CollateralCache
 from blindinfer.errors import CollateralError
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -10,9 +10,9 @@ from pathlib import Path
 import dcap_qvl
 import pytest
 
-from blindinfer.collateral import collect
-from blindinfer.collateral.cache import CollateralCache
-from blindinfer.collateral.dcap import (
+from blindinfer._collateral import collect
+from blindinfer._collateral.cache import CollateralCache
+from blindinfer._collateral.dcap import (
     DcapCollateralProvider,
     cache_key,
     collateral_expiry,

@@ -27,8 +27,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from blindinfer.engine.demo import demo_model_bytes
-from blindinfer.server.state import Listener
+from blindinfer._engine.demo import demo_model_bytes
+from blindinfer._server.state import Listener
 from tests._server import ServerProcess, free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -312,11 +312,11 @@ def test_sniffing_protocol_serves_http_and_https_on_one_port(tmp_path: Path) -> 
     """In process, on asyncio and uvloop: the unattested app behind the TLS sniffer."""
     import uvicorn
 
-    from blindinfer.server._internals import http_protocol_class
-    from blindinfer.server.compat import build_compat_apps
-    from blindinfer.server.compat import sniffing_protocol as sniff
-    from blindinfer.server.config import Settings
-    from blindinfer.server.runner import build_state
+    from blindinfer._server._internals import http_protocol_class
+    from blindinfer._server.compat import build_compat_apps
+    from blindinfer._server.compat import sniffing_protocol as sniff
+    from blindinfer._server.config import Settings
+    from blindinfer._server.runner import build_state
 
     state, _ = build_state(Settings(data_dir=tmp_path, owner_token="t", demo_model=False))
     try:

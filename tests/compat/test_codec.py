@@ -13,10 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindinfer.attestation.claims import Evidence
-from blindinfer.errors import InvalidInput, PayloadTooLarge
-from blindinfer.server import compat
-from blindinfer.server.compat import (
+from blindinfer._server import compat
+from blindinfer._server.compat import (
     COLLATERAL_FIELDS,
     UploadDecoder,
     blindai_collateral,
@@ -26,6 +24,8 @@ from blindinfer.server.compat import (
     encode_run_reply,
     encode_upload_reply,
 )
+from blindinfer.attestation._claims import Evidence
+from blindinfer.errors import InvalidInput, PayloadTooLarge
 
 CLIENT_INFO = {"uid": "ab", "platform_name": "Linux", "user_agent": "blindai_python", "x": False}
 

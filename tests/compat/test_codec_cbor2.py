@@ -11,9 +11,9 @@ import cbor2
 import numpy as np
 import pytest
 
+from blindinfer._server.compat import UploadDecoder, decode_delete, decode_run
+from blindinfer._server.compat.codec import MAX_SMALL_DEPTH, SMALL_ITEM_LIMIT
 from blindinfer.errors import InvalidInput
-from blindinfer.server.compat import UploadDecoder, decode_delete, decode_run
-from blindinfer.server.compat.codec import MAX_SMALL_DEPTH, SMALL_ITEM_LIMIT
 
 FILLER = b"".join(b"\x19" + i.to_bytes(2, "big") for i in range(400))  # distinct uints
 

@@ -36,16 +36,16 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from blindinfer._client.connection import Connection, attest, connect, fetch_evidence
+from blindinfer._collateral import CollateralProvider, collect
+from blindinfer._tee import create_backend
+from blindinfer._tee.base import BackendUnavailable, TeeBackend
+from blindinfer._tee.configfs_tsm import ConfigfsTsmBackend
+from blindinfer._tee.gramine import GramineSgxBackend
+from blindinfer._tee.nitro import NitroBackend
 from blindinfer.attestation import Claims, Evidence, Policy, kind_module, verify_evidence
-from blindinfer.attestation.binding import report_data_for
-from blindinfer.client.connection import Connection, attest, connect, fetch_evidence
-from blindinfer.collateral import CollateralProvider, collect
+from blindinfer.attestation._binding import report_data_for
 from blindinfer.errors import BindingError, CollateralError, EvidenceError, PolicyError
-from blindinfer.tee import create_backend
-from blindinfer.tee.base import BackendUnavailable, TeeBackend
-from blindinfer.tee.configfs_tsm import ConfigfsTsmBackend
-from blindinfer.tee.gramine import GramineSgxBackend
-from blindinfer.tee.nitro import NitroBackend
 from tests._inproc import InProcessServer, inprocess_server
 from tests.attestation._snp_nitro_forge import (
     NitroChain,

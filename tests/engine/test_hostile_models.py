@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from blindinfer.engine.validate import check_inlined_size, parse_model
+from blindinfer._engine.validate import check_inlined_size, parse_model
 from blindinfer.errors import InvalidModel
 
 HOSTILE = Path(__file__).resolve().parent.parent / "fixtures" / "hostile"

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from blindinfer.engine import limits
-from blindinfer.engine.registry import EngineOptions, ModelRegistry
+from blindinfer._engine import limits
+from blindinfer._engine.registry import EngineOptions, ModelRegistry
+from blindinfer._server.config import parse_size
+from blindinfer._storage.sealed import SealedStore
 from blindinfer.errors import InsufficientStorage, InvalidModel, LimitExceeded
-from blindinfer.server.config import parse_size
-from blindinfer.storage.sealed import SealedStore
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MLP = (FIXTURES / "mlp.onnx").read_bytes()

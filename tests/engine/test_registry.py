@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blindinfer.engine.demo import demo_model_bytes, demo_reference
-from blindinfer.engine.registry import EngineOptions, ModelRegistry
+from blindinfer._engine.demo import demo_model_bytes, demo_reference
+from blindinfer._engine.registry import EngineOptions, ModelRegistry
+from blindinfer._storage.sealed import SealedStore
 from blindinfer.errors import Conflict, InvalidInput, InvalidModel, ModelNotFound, PayloadTooLarge
-from blindinfer.storage.sealed import SealedStore
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

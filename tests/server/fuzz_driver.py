@@ -38,7 +38,7 @@ from uuid import UUID
 import cbor2
 import numpy as np
 
-from blindinfer.wire.tensors import DATATYPES
+from blindinfer._wire.tensors import DATATYPES
 
 Json = Any  # a JSON (or, for CBOR, CBOR-encodable) value
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from blindinfer._server.config import load_settings
 from blindinfer.errors import ConfigError
-from blindinfer.server.config import load_settings
 
 
 def test_precedence(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 
 import blindinfer
-from blindinfer.client.tls import pinned_context
-from blindinfer.engine.demo import demo_reference
-from blindinfer.wire.tensors import DATATYPES
+from blindinfer._client.tls import pinned_context
+from blindinfer._engine.demo import demo_reference
+from blindinfer._wire.tensors import DATATYPES
 from tests._server import ServerProcess, running_server
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from blindinfer.server import _internals
+from blindinfer._server import _internals
 
 SERVER = Path(__file__).resolve().parents[2] / "src" / "blindinfer" / "server"
 

@@ -258,7 +258,7 @@ def test_blindai_run_checks_the_token_before_reading_the_body(tmp_path: Path) ->
 def test_big_response_to_a_slow_reader_is_not_cut(server: ServerProcess) -> None:
     """A 12 MB response read at ~160 kB/s: over a minute, past the 2 s idle timeout plus the 30 s
     a TLS close waits (which used to cut it mid-body)."""
-    from blindinfer.wire import oip
+    from blindinfer._wire import oip
 
     x = np.ones((1_000_000, 4), np.float32)
     chunks, header_len = oip.encode_infer_request({"features": x})

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blindinfer.client import attest
-from blindinfer.engine.demo import demo_reference
+from blindinfer._client import attest
+from blindinfer._engine.demo import demo_reference
 from tests._server import ServerProcess, running_server
 
 SCRIPT = Path(__file__).with_name("tritonclient_script.py")
@@ -49,7 +49,7 @@ def test_tritonclient_after_attestation(server: ServerProcess, tmp_path: Path) -
 
 
 def test_tritonclient_refuses_another_certificate(server: ServerProcess, tmp_path: Path) -> None:
-    from blindinfer.server.tls import generate_identity
+    from blindinfer._server.tls import generate_identity
 
     other = tmp_path / "other.der"
     other.write_bytes(generate_identity().certificate_der)

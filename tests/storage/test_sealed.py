@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blindinfer.storage.sealed import SealedStore, StoreError
+from blindinfer._storage.sealed import SealedStore, StoreError
 
 MODEL = b"\x08\x07ONNX-MODEL-BYTES" * 100
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from blindinfer._storage.secrets import SealedSecret
 from blindinfer.errors import StoreError
-from blindinfer.storage.secrets import SealedSecret
 
 KEY = bytes(range(32))
 

@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import cbor2
 
-from blindinfer.tee.configfs_tsm import OsTsmFs
+from blindinfer._tee.configfs_tsm import OsTsmFs
 
 SGX_REPORT_DATA = slice(48 + 320, 48 + 384)  # quote v3: header 48, REPORTDATA at body + 320
 TDX_REPORT_DATA = slice(48 + 520, 48 + 584)  # quote v4: header 48, REPORTDATA at body + 520

@@ -12,10 +12,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from blindinfer.errors import CollateralError
-from blindinfer.tee import create_backend
-from blindinfer.tee.base import SEALING_KEY_ENV, BackendUnavailable
-from blindinfer.tee.configfs_tsm import (
+from blindinfer._tee import create_backend
+from blindinfer._tee.base import SEALING_KEY_ENV, BackendUnavailable
+from blindinfer._tee.configfs_tsm import (
     ConfigfsTsmBackend,
     OsTsmFs,
     parse_cert_table,
@@ -23,6 +22,7 @@ from blindinfer.tee.configfs_tsm import (
     snp_collateral_from_auxblob,
     snp_report_data,
 )
+from blindinfer.errors import CollateralError
 from tests.tee.emulation import (
     SNP_REPORT_DATA,
     TDX_REPORT_DATA,

@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from blindinfer._tee import create_backend
+from blindinfer._tee.base import BackendUnavailable
+from blindinfer._tee.gramine import GramineSgxBackend, quote_report_data
 from blindinfer.errors import CollateralError
-from blindinfer.tee import create_backend
-from blindinfer.tee.base import BackendUnavailable
-from blindinfer.tee.gramine import GramineSgxBackend, quote_report_data
 from tests.tee.emulation import SGX_REPORT_DATA, GramineAttestationFs, patch
 
 RD = hashlib.sha256(b"certificate").digest() + hashlib.sha256(b"nonce").digest()

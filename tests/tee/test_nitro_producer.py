@@ -9,9 +9,9 @@ from typing import IO, Any
 import cbor2
 import pytest
 
-from blindinfer.tee import create_backend
-from blindinfer.tee.base import SEALING_KEY_ENV, BackendUnavailable
-from blindinfer.tee.nitro import NitroBackend, document_user_data
+from blindinfer._tee import create_backend
+from blindinfer._tee.base import SEALING_KEY_ENV, BackendUnavailable
+from blindinfer._tee.nitro import NitroBackend, document_user_data
 from tests.tee.emulation import FakeNsm, nitro_document_with_user_data
 
 RD = bytes(range(100, 164))

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from blindinfer._wire import oip
+from blindinfer._wire.tensors import DATATYPES, from_wire_bytes, to_wire_bytes
 from blindinfer.errors import InvalidInput
-from blindinfer.wire import oip
-from blindinfer.wire.tensors import DATATYPES, from_wire_bytes, to_wire_bytes
 
 
 def test_binary_request_round_trip_is_zero_copy() -> None:
@@ -350,7 +350,7 @@ def test_error_messages_quote_long_names_bounded() -> None:
 
 
 def test_element_count() -> None:
-    from blindinfer.wire.tensors import element_count
+    from blindinfer._wire.tensors import element_count
 
     assert element_count((2, 3, 4)) == 24
     assert element_count(()) == 1

@@ -18,9 +18,9 @@ from datetime import datetime
 from types import ModuleType
 
 from blindinfer import _kinds
-from blindinfer.attestation.binding import check_binding
-from blindinfer.attestation.claims import Claims, Evidence
-from blindinfer.attestation.policy import Policy
+from blindinfer.attestation._binding import check_binding
+from blindinfer.attestation._claims import Claims, Evidence
+from blindinfer.attestation._policy import Policy
 from blindinfer.errors import EvidenceError
 
 __all__ = [

@@ -43,8 +43,8 @@ from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.attestation import _x509
-from blindinfer.attestation.claims import Claims
-from blindinfer.attestation.policy import names
+from blindinfer.attestation._claims import Claims
+from blindinfer.attestation._policy import names
 from blindinfer.errors import (
     AttestationError,
     CollateralError,

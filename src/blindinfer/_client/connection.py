@@ -1,0 +1,361 @@
+"""The SDK: connect() verifies the server's attestation, then talks only to that certificate."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import numpy as np
+
+from blindinfer._client.tensors import to_named_arrays
+from blindinfer._client.tls import evidence_context, pinned_context
+from blindinfer._client.transport import Reply, Transport
+from blindinfer._wire import oip
+from blindinfer._wire.attestation import AttestationDocument
+from blindinfer._wire.models import ModelInfo
+from blindinfer.attestation import Claims, Evidence, Policy, verify_evidence
+from blindinfer.attestation._simulation import KindPolicy as SimulationPolicy
+from blindinfer.errors import (
+    BindingError,
+    BlindInferError,
+    EvidenceError,
+    PolicyError,
+    ServerError,
+    error_for_status,
+)
+
+TOKEN_ENV = "BLINDINFER_OWNER_TOKEN"
+DEFAULT_PORT = 8443
+UPLOAD_CHUNK = 1 << 20
+# Evidence plus collateral (DCAP: quote, PCK chain, TCB info, QE identity, CRLs) is a few tens of
+# KiB; AMD certificate chains similar. 8 MiB leaves room and bounds an unverified peer.
+EVIDENCE_MAX_BODY = 8 * 1024 * 1024
+
+
+# Returns the collateral to verify a piece of evidence with (instead of the server's).
+CollateralSource = Callable[[Evidence], Mapping[str, bytes]]
+
+
+class InsecureSimulationWarning(UserWarning):
+    """Emitted whenever a client accepts simulation evidence: there is NO hardware protection."""
+
+
+def _base_url(url: str) -> str:
+    if "://" not in url:
+        url = "https://" + url
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise BlindInferError(f"blindinfer speaks HTTPS only, got {url!r}")
+    if not parts.hostname:
+        raise BlindInferError(f"no host in {url!r}")
+    port = parts.port or DEFAULT_PORT
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}:{port}"
+
+
+def _resolve_policy(policy: Policy | str | Path | Mapping[str, Any] | None, sim: bool) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str | Path):
+        return Policy.load(policy)
+    if isinstance(policy, Mapping):
+        return Policy.from_mapping(policy)
+    # No policy: only a simulation server can be accepted (with the explicit opt-in).
+    return Policy({"simulation": SimulationPolicy()} if sim else {})
+
+
+def _raise_for(reply: Reply) -> None:
+    if 200 <= reply.status < 300:
+        return
+    if reply.status < 400:
+        # blindinfer never redirects: a 1xx/3xx is someone else answering (a proxy, a portal).
+        raise error_for_status(
+            reply.status,
+            f"unexpected HTTP {reply.status} from the server (redirects are not followed)",
+        )
+    try:
+        message = str(json.loads(reply.body)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = reply.body[:500].decode(errors="replace") or f"HTTP {reply.status}"
+    raise error_for_status(reply.status, message)
+
+
+def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[Evidence, bytes]:
+    """Evidence from the attestation endpoint and the certificate the TLS handshake showed."""
+    path = "/blindinfer/v1/attestation" + (f"?nonce={nonce.hex()}" if nonce is not None else "")
+    transport = Transport(base_url, evidence_context(), timeout)
+    try:
+        # The peer is not verified yet: take no more than evidence and collateral can need.
+        reply = transport.request("GET", path, peer_certificate=True, max_body=EVIDENCE_MAX_BODY)
+    finally:
+        transport.close()
+    _raise_for(reply)
+    if not reply.peer_certificate:
+        raise BindingError("the attestation response did not come over TLS")
+    try:
+        doc = json.loads(reply.body)
+    except ValueError:
+        raise EvidenceError("the attestation endpoint did not return JSON") from None
+    return AttestationDocument.from_json(doc).evidence, reply.peer_certificate
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How a client judges a server's evidence: built once by ``attest``/``connect``.
+
+    ``policy`` None skips only the policy (used to write a policy from a server).
+    ``trust_roots`` maps a kind to DER roots that replace the vendor roots pinned in the package
+    (private PKIs and tests only). ``collateral_source(evidence)`` returns collateral to use
+    instead of what the server sent (your own PCCS or AMD KDS cache). ``at`` None means now."""
+
+    policy: Policy | None
+    simulation_mode: bool = False
+    timeout: float = 30.0
+    at: datetime | None = None
+    trust_roots: Mapping[str, Sequence[bytes]] = field(default_factory=dict)
+    collateral_source: CollateralSource | None = None
+
+
+def attest(
+    url: str,
+    policy: Policy | str | Path | Mapping[str, Any] | None = None,
+    *,
+    simulation_mode: bool = False,
+    timeout: float = 30.0,
+    at: datetime | None = None,
+    judge_policy: bool = True,
+    trust_roots: Mapping[str, Sequence[bytes]] | None = None,
+    collateral_source: CollateralSource | None = None,
+) -> tuple[Claims, bytes]:
+    """Fetch fresh evidence, verify it (authenticity, binding to the TLS certificate this very
+    handshake showed, freshness nonce, policy) and return the claims and that certificate.
+
+    ``judge_policy=False`` skips only the policy; the other options: see ``VerifyOptions``."""
+    opts = VerifyOptions(
+        _resolve_policy(policy, simulation_mode) if judge_policy else None,
+        simulation_mode,
+        timeout,
+        at,
+        trust_roots or {},
+        collateral_source,
+    )
+    return _attest(_base_url(url), opts)
+
+
+def _attest(base: str, opts: VerifyOptions) -> tuple[Claims, bytes]:
+    nonce = secrets.token_bytes(32)
+    evidence, cert = fetch_evidence(base, nonce, opts.timeout)
+    if evidence.kind == "simulation" and not opts.simulation_mode:
+        raise PolicyError(
+            f"{base} runs the SIMULATION TEE: its evidence is signed by a software key and gives "
+            "no hardware protection. Refusing to send data. For development only, pass "
+            "simulation_mode=True (CLI: --simulation)"
+        )
+    if opts.collateral_source is not None:
+        collateral = dict(opts.collateral_source(evidence))
+        evidence = Evidence(evidence.kind, evidence.evidence, collateral)
+    claims = verify_evidence(
+        evidence,
+        at=opts.at or datetime.now(UTC),
+        policy=opts.policy,
+        certificate_der=cert,
+        nonce=nonce,
+        roots=opts.trust_roots.get(evidence.kind),
+    )
+    if claims.insecure:
+        warnings.warn(
+            f"connected to {base} in SIMULATION mode: there is NO hardware protection, the "
+            "operator of that machine can read your inputs and outputs",
+            InsecureSimulationWarning,
+            stacklevel=4,
+        )
+    return claims, cert
+
+
+class Connection:
+    """An attested connection. Every TLS handshake it makes must present the attested certificate.
+
+    Use as a context manager, or call close()."""
+
+    def __init__(
+        self,
+        base_url: str,
+        claims: Claims,
+        certificate_der: bytes,
+        token: str | None,
+        timeout: float,
+    ) -> None:
+        self.url = base_url
+        self.claims = claims
+        self.certificate_der = certificate_der
+        self._auth = {"authorization": f"Bearer {token}"} if token else {}
+        self._transport = Transport(base_url, pinned_context(certificate_der), timeout)
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | Iterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        reply = self._transport.request(method, path, body, {**self._auth, **(headers or {})})
+        _raise_for(reply)
+        return reply
+
+    def _json(self, method: str, path: str) -> Any:
+        return json.loads(self._request(method, path).body)
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- models --------------------------------------------------------------------------------
+
+    def upload_model(
+        self,
+        model: str | Path | bytes,
+        name: str | None = None,
+        *,
+        replace: bool = False,
+        restricted: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ModelInfo:
+        """Stream a model's raw ONNX bytes to the server (owner token needed)."""
+        data = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+        if name is None and not isinstance(model, bytes | bytearray):
+            name = Path(model).stem
+        total = len(data)
+
+        class Chunks:
+            """Re-iterable, so a retry on a fresh connection can send the model again."""
+
+            def __iter__(self) -> Iterator[bytes]:
+                view = memoryview(data)
+                for start in range(0, total, UPLOAD_CHUNK):
+                    yield bytes(view[start : start + UPLOAD_CHUNK])
+                    if progress is not None:
+                        progress(min(start + UPLOAD_CHUNK, total), total)
+
+        params = {"replace": str(replace).lower(), "restricted": str(restricted).lower()}
+        if name:
+            params["name"] = name
+        reply = self._request(
+            "POST",
+            f"/blindinfer/v1/models?{urlencode(params)}",
+            Chunks(),
+            {"content-length": str(total), "content-type": "application/octet-stream"},
+        )
+        info = ModelInfo.from_json(json.loads(reply.body))
+        self._meta.pop(info.name, None)
+        return info
+
+    def list_models(self) -> list[ModelInfo]:
+        doc = self._json("GET", "/blindinfer/v1/models")
+        return [ModelInfo.from_json(m) for m in doc["models"]]
+
+    def model_metadata(self, model: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self._json("GET", f"/v2/models/{quote(model, safe='')}")
+        return doc
+
+    def delete_model(self, model: str) -> ModelInfo:
+        info = ModelInfo.from_json(
+            self._json("DELETE", f"/blindinfer/v1/models/{quote(model, safe='')}")
+        )
+        for key in [k for k, v in self._meta.items() if v["model_id"] == info.model_id]:
+            del self._meta[key]
+        return info
+
+    def _inputs_of(self, model: str) -> list[dict[str, Any]]:
+        meta = self._meta.get(model)
+        if meta is None:
+            meta = self._meta[model] = self.model_metadata(model)
+        return list(meta["inputs"])
+
+    def run_model(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        dtype: Any = None,
+        shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` (id, name or sha256) and return its outputs by name.
+
+        ``inputs``: a numpy array or torch tensor; a list of them in the model's input order; a
+        dict name -> array; or flat/nested lists with ``dtype`` and ``shape`` (per input when
+        the model has several). Tensors travel as raw bytes (OIP binary extension)."""
+        arrays = to_named_arrays(inputs, self._inputs_of(model), dtype, shape)
+        chunks, header_len = oip.encode_infer_request(arrays, outputs)
+        size = sum(len(c) for c in chunks)
+        # Small requests go out as one buffer (one TLS record); large tensors are sent from
+        # their own memory, without first copying them into one body.
+        body: bytes | list[bytes | memoryview] = b"".join(chunks) if size < 65536 else chunks
+        reply = self._request(
+            "POST",
+            f"/v2/models/{quote(model, safe='')}/infer",
+            body,  # type: ignore[arg-type]
+            {
+                oip.HEADER_LENGTH: str(header_len),
+                "content-type": oip.BINARY_CONTENT_TYPE,
+                "content-length": str(size),
+            },
+        )
+        raw_len = reply.headers.get(oip.HEADER_LENGTH)
+        return oip.parse_infer_response(reply.body, int(raw_len) if raw_len else None)
+
+
+def connect(
+    url: str,
+    policy: Policy | str | Path | Mapping[str, Any] | None = None,
+    *,
+    simulation_mode: bool = False,
+    token: str | None = None,
+    timeout: float = 60.0,
+    trust_roots: Mapping[str, Sequence[bytes]] | None = None,
+    collateral_source: CollateralSource | None = None,
+) -> Connection:
+    """Verify the server at ``url`` against ``policy`` and return an attested Connection.
+
+    ``policy``: a Policy, a path to a TOML policy file, or a mapping of its tables. Simulation
+    evidence is refused unless ``simulation_mode=True``. The owner token (for uploads and
+    deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable.
+    ``trust_roots`` and ``collateral_source``: see ``attest``."""
+    base = _base_url(url)
+    opts = VerifyOptions(
+        _resolve_policy(policy, simulation_mode),
+        simulation_mode,
+        timeout,
+        None,
+        trust_roots or {},
+        collateral_source,
+    )
+    claims, cert = _attest(base, opts)
+    return Connection(base, claims, cert, token or os.environ.get(TOKEN_ENV), timeout)
+
+
+__all__ = [
+    "Connection",
+    "InsecureSimulationWarning",
+    "ModelInfo",
+    "ServerError",
+    "VerifyOptions",
+    "attest",
+    "connect",
+]

@@ -1,0 +1,360 @@
+"""The model registry: validated onnxruntime sessions, addressable by id, name or sha256.
+
+Shared by every API surface (native OIP v2, BlindAI 0.6 compatibility): a model uploaded
+through one can be run through the other. Mutations take a lock; lookups read an immutable
+snapshot so inference never waits on an upload.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from blindinfer._engine import limits
+from blindinfer._engine.validate import parse_model, signature_of
+from blindinfer._storage.sealed import SealedStore
+from blindinfer._wire.models import ModelInfo, TensorSpec
+from blindinfer._wire.tensors import datatype_of
+from blindinfer.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    InvalidModel,
+    LimitExceeded,
+    ModelNotFound,
+    PayloadTooLarge,
+    StoreError,
+    first_line,
+)
+
+log = logging.getLogger("blindinfer.engine")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    info: ModelInfo
+    session: Any  # onnxruntime.InferenceSession (untyped package)
+    inputs: Mapping[str, TensorSpec] = field(default_factory=dict)
+    output_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_models: int = 32
+    max_model_size: int = 512 * 1024 * 1024
+    intra_op_threads: int = 1
+    optimization: str = "all"  # onnxruntime graph optimisation level: none, basic, extended, all
+    max_run_seconds: float = 60.0
+    max_run_memory: int | None = None  # onnxruntime working-memory cap; None = uncapped
+    max_load_seconds: float = 120.0
+
+
+def session_options(opts: EngineOptions) -> Any:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.intra_op_threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: onnxruntime must never log tensor contents
+    so.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opts.optimization]
+    if opts.max_run_memory is not None:
+        limits.install_arena(opts.max_run_memory)
+        so.add_session_config_entry("session.use_env_allocators", "1")
+    return so
+
+
+# Abandoned loads still burning CPU: past this many, uploads wait for them to finish.
+MAX_ABANDONED_LOADS = 2
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name) or _HEX64_RE.match(name) or _UUID_RE.match(name.lower()):
+        raise InvalidInput(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit, and not shaped like a model id or a sha256"
+        )
+    return name
+
+
+class ModelRegistry:
+    def __init__(self, store: SealedStore | None, options: EngineOptions | None = None) -> None:
+        self.store = store
+        self.options = options or EngineOptions()
+        self._lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}  # by model_id; replaced wholesale on change
+        self.watchdog = limits.Watchdog(self.options.max_run_seconds)
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _build(
+        self, data: bytes, model_id: str, name: str, created: str, restricted: bool
+    ) -> LoadedModel:
+        parse_model(data)
+        if limits.abandoned_loads() >= MAX_ABANDONED_LOADS:
+            raise LimitExceeded(
+                "the server is still busy with earlier model loads that passed their time limit; "
+                "try again later"
+            )
+        opts = session_options(self.options)
+        try:
+            session = limits.call_with_timeout(
+                lambda: ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
+                self.options.max_load_seconds,
+            )
+        except limits.LoadTimeout:
+            raise InvalidModel(
+                f"onnxruntime did not finish loading the model within "
+                f"{self.options.max_load_seconds:g} s (setting max_load_seconds); the load was "
+                "abandoned"
+            ) from None
+        except Exception as exc:  # onnxruntime raises its own untyped exception classes
+            raise InvalidModel(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+        sig = signature_of(session)
+        info = ModelInfo(
+            model_id=model_id,
+            name=name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            created=created,
+            inputs=sig.inputs,
+            outputs=sig.outputs,
+            restricted=restricted,
+        )
+        return LoadedModel(
+            info=info,
+            session=session,
+            inputs={t.name: t for t in sig.inputs},
+            output_names=tuple(t.name for t in sig.outputs),
+        )
+
+    def load_stored(self, progress: Callable[[int, int, str], None] | None = None) -> list[str]:
+        """Reload every sealed model at start-up. Returns the ids that failed (kept on disk)."""
+        if self.store is None:
+            return []
+        ids = list(self.store.ids())
+        failed: list[str] = []
+        for i, model_id in enumerate(ids):
+            if progress:
+                progress(i, len(ids), model_id)
+            try:
+                stored = self.store.get(model_id)
+                meta = stored.meta
+                loaded = self._build(
+                    stored.data,
+                    model_id,
+                    str(meta["name"]),
+                    str(meta["created"]),
+                    bool(meta.get("restricted", False)),
+                )
+            except (StoreError, InvalidModel, KeyError, OSError, ValueError) as exc:
+                # Never delete what we cannot read: the operator may have started us with the
+                # wrong key or a newer version may understand it.
+                log.error("stored model %s could not be loaded (kept on disk): %s", model_id, exc)
+                failed.append(model_id)
+                continue
+            with self._lock:
+                self._models = {**self._models, model_id: loaded}
+        if progress:
+            progress(len(ids), len(ids), "")
+        return failed
+
+    # --- mutations -----------------------------------------------------------------------------
+
+    def add(
+        self,
+        data: bytes,
+        *,
+        name: str | None = None,
+        replace: bool = False,
+        restricted: bool = False,
+        persist: bool = True,
+    ) -> ModelInfo:
+        """Validate, seal and load a model. With ``replace``, a model of that name is swapped
+        atomically (the old one stays served until the new one is stored). ``persist=False``
+        keeps it in memory only (the built-in demo model)."""
+        if len(data) > self.options.max_model_size:
+            raise PayloadTooLarge(
+                f"the model is {len(data)} bytes, over the server limit of "
+                f"{self.options.max_model_size} bytes (setting max_model_size)"
+            )
+        model_id = str(uuid.uuid4())
+        if name is not None:
+            check_name(name)
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        loaded = self._build(data, model_id, name or model_id, created, restricted)
+        with self._lock:
+            old = self._by_name(loaded.info.name)
+            if old is not None and not replace:
+                raise Conflict(
+                    f"a model named {loaded.info.name!r} already exists (id {old.info.model_id}); "
+                    "delete it first or upload with replace"
+                )
+            if old is None and len(self._models) >= self.options.max_models:
+                raise Conflict(
+                    f"the server already holds {len(self._models)} models, its limit "
+                    "(setting max_models); delete one first"
+                )
+            if self.store is not None and persist:
+                meta = {"name": loaded.info.name, "created": created, "restricted": restricted}
+                self._put(model_id, meta, data)
+            models = dict(self._models)
+            if old is not None:
+                del models[old.info.model_id]
+            models[model_id] = loaded
+            self._models = models
+            if old is not None and self.store is not None:
+                self.store.delete(old.info.model_id)
+        return loaded.info
+
+    def _put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        assert self.store is not None
+        try:
+            self.store.put(model_id, meta, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(
+                    "the server's disk is full: the model was not stored (models already stored "
+                    "are intact); ask the operator to free space"
+                ) from None
+            raise
+
+    def delete(self, ref: str) -> ModelInfo:
+        with self._lock:
+            model = self.resolve(ref)
+            models = dict(self._models)
+            del models[model.info.model_id]
+            if self.store is not None:
+                self.store.delete(model.info.model_id)
+            self._models = models
+        return model.info
+
+    # --- lookups -------------------------------------------------------------------------------
+
+    def _by_name(self, name: str) -> LoadedModel | None:
+        for m in self._models.values():
+            if m.info.name == name:
+                return m
+        return None
+
+    def resolve(self, ref: str) -> LoadedModel:
+        """Find a model by id, then name, then sha256 (hex, any case)."""
+        models = self._models
+        found = models.get(ref) or self._by_name(ref)
+        if found is None and _HEX64_RE.match(ref):
+            digest = ref.lower()
+            found = next((m for m in models.values() if m.info.sha256 == digest), None)
+        if found is None:
+            raise ModelNotFound(
+                f"no model {ref!r} on this server (looked up by id, name and sha256); "
+                "list models with `blindinfer models URL`"
+            )
+        return found
+
+    def list(self) -> list[ModelInfo]:
+        return sorted((m.info for m in self._models.values()), key=lambda i: i.created)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    # --- inference -----------------------------------------------------------------------------
+
+    def check_inputs(self, model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> None:
+        """Refuse anything that does not match the model's signature, naming the problem."""
+        expected = model.inputs
+        missing = [n for n in expected if n not in inputs]
+        unknown = [n for n in inputs if n not in expected]
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if unknown:
+                parts.append(f"unknown input(s) {unknown}")
+            raise InvalidInput(
+                f"model {model.info.name!r}: {'; '.join(parts)}; it takes {list(expected)}"
+            )
+        for name, array in inputs.items():
+            spec = expected[name]
+            try:
+                got = datatype_of(array)
+            except ValueError as exc:
+                raise InvalidInput(f"input {name!r}: {exc}") from None
+            if got != spec.datatype:
+                raise InvalidInput(f"input {name!r} must be {spec.datatype}, got {got}")
+            if len(array.shape) != len(spec.shape) or any(
+                want >= 0 and want != have
+                for want, have in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise InvalidInput(
+                    f"input {name!r} must have shape {list(spec.shape)} (-1 = any), "
+                    f"got {list(array.shape)}"
+                )
+
+    def run(
+        self,
+        model: LoadedModel,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        on_start: Callable[[limits.RunHandle], None] | None = None,
+        max_seconds: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate and run; blocking (call it from a worker thread: onnxruntime drops the GIL).
+
+        The run is stopped past ``max_run_seconds`` or the working-memory cap; ``on_start`` gets
+        its handle so that the caller can stop it too (a client that disconnects)."""
+        self.check_inputs(model, inputs)
+        names = list(outputs) if outputs else list(model.output_names)
+        unknown = [n for n in names if n not in model.output_names]
+        if unknown:
+            raise InvalidInput(
+                f"model {model.info.name!r} has no output(s) {unknown}; it has "
+                f"{list(model.output_names)}"
+            )
+        key, handle = self.watchdog.start_run(max_seconds)
+        try:
+            if on_start is not None:
+                on_start(handle)
+            results = model.session.run(names, dict(inputs), handle.options)
+        except Exception as exc:  # onnxruntime's exception classes are not importable types
+            raise self._run_error(model, handle, exc) from None
+        finally:
+            self.watchdog.end_run(key)
+        return dict(zip(names, results, strict=True))
+
+    def _run_error(self, model: LoadedModel, handle: limits.RunHandle, exc: Exception) -> Exception:
+        if handle.reason == "time":
+            seconds = handle.seconds
+            return LimitExceeded(
+                f"the run of model {model.info.name!r} was stopped after {seconds:g} s "
+                "(setting max_run_seconds)"
+            )
+        if handle.reason == "shutdown":
+            return LimitExceeded("the server is shutting down; the run was stopped")
+        if handle.reason == "cancelled":
+            return InvalidInput("the run was cancelled: the client went away")
+        if limits.is_arena_exhausted(exc):
+            return LimitExceeded(
+                f"the run of model {model.info.name!r} needed more working memory than the "
+                f"server allows ({limits.arena_bytes()} bytes for all runs, setting "
+                "max_run_memory); it was stopped"
+            )
+        if isinstance(exc, MemoryError):
+            return LimitExceeded(f"the run of model {model.info.name!r} ran out of memory")
+        return InvalidInput(f"model {model.info.name!r} rejected the inputs: {first_line(exc)}")

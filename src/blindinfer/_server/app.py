@@ -1,0 +1,212 @@
+"""The native API: Open Inference Protocol v2 REST surface, attestation and model management.
+
+Routes (one HTTPS port, TLS terminated inside the TEE):
+- GET  /v2/health/live, /v2/health/ready, /v2                      OIP server health / metadata
+- GET  /v2/models/{ref}, /v2/models/{ref}/ready                     OIP model metadata / ready
+- POST /v2/models/{ref}/infer                   OIP inference, JSON or binary tensor extension
+- GET  /blindinfer/v1/attestation[?nonce=HEX]   evidence binding this TLS certificate
+- GET  /blindinfer/v1/models                    list models (no bytes, ever)
+- POST /blindinfer/v1/models?name=&replace=&restricted=   streaming raw ONNX upload (owner)
+- DELETE /blindinfer/v1/models/{ref}            delete (owner)
+
+``ref`` is a model id, name or sha256. Errors are ``{"error": message}`` with a 4xx status that
+names the problem; nothing about inputs or outputs is ever logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from blindinfer import __version__
+from blindinfer._engine.registry import LoadedModel
+from blindinfer._server.infer import InferEndpoint, check_version, infer_ref
+from blindinfer._server.requests import read_body, require_owner
+from blindinfer._server.state import ServerState
+from blindinfer._wire.attestation import AttestationDocument
+from blindinfer.errors import InvalidInput, ServerError
+
+log = logging.getLogger("blindinfer.server")
+
+NONCE_MAX = 64
+
+
+async def _post_only(request: Request) -> Response:
+    return _json({"error": "inference takes POST"}, 405)
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(
+        json.dumps(doc, separators=(",", ":")).encode(), status, media_type="application/json"
+    )
+
+
+def quiet(app: ASGIApp, name: str) -> ASGIApp:
+    """Starlette answers an unexpected exception with our 500 handler and then re-raises it, so
+    that uvicorn logs the full traceback with the exception's text, which could quote inputs.
+    This wrapper swallows it after the response is sent and logs the type only."""
+
+    async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:
+            log.error("internal error on the %s API: %s", name, type(exc).__name__)
+
+    return wrapper
+
+
+def build_app(state: ServerState) -> ASGIApp:
+    """The native API: the inference hot path as a raw endpoint, the rest on Starlette."""
+    rest = quiet(_build_starlette(state), "native")
+    infer = InferEndpoint(state)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = infer_ref(scope)
+            if target is not None:
+                await infer(scope, receive, send, *target)
+                return
+        await rest(scope, receive, send)
+
+    return app
+
+
+def _build_starlette(state: ServerState) -> Starlette:
+    registry = state.registry
+    settings = state.settings
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return _json({"ready": True})
+
+    async def server_metadata(request: Request) -> Response:
+        return _json(
+            {
+                "name": "blindinfer",
+                "version": __version__,
+                "extensions": ["binary_tensor_data", "attestation", "model_management"],
+                "tee": state.backend.name,
+                "insecure": state.backend.insecure,
+            }
+        )
+
+    def resolve(request: Request) -> LoadedModel:
+        ref = request.path_params["ref"]
+        check_version(ref, request.path_params.get("version"))
+        return registry.resolve(ref)
+
+    async def model_metadata(request: Request) -> Response:
+        model = resolve(request)
+        info = model.info
+        return _json(
+            {
+                "name": info.name,
+                "versions": ["1"],
+                "platform": "onnxruntime_onnx",
+                "inputs": [t.to_json() for t in info.inputs],
+                "outputs": [t.to_json() for t in info.outputs],
+                "model_id": info.model_id,
+                "sha256": info.sha256,
+                "size": info.size,
+                "restricted": info.restricted,
+            }
+        )
+
+    async def model_ready(request: Request) -> Response:
+        model = resolve(request)
+        return _json({"name": model.info.name, "ready": True})
+
+    async def attestation(request: Request) -> Response:
+        nonce_hex = request.query_params.get("nonce")
+        nonce = None
+        if nonce_hex is not None:
+            try:
+                nonce = bytes.fromhex(nonce_hex)
+            except ValueError:
+                raise InvalidInput("nonce must be hex") from None
+            if not 8 <= len(nonce) <= NONCE_MAX:
+                raise InvalidInput(f"nonce must be 8 to {NONCE_MAX} bytes")
+        evidence = await state.evidence_async(nonce)
+        doc = AttestationDocument(evidence, state.tls.certificate_der, state.backend.name)
+        return _json(doc.to_json())
+
+    async def list_models(request: Request) -> Response:
+        return _json({"models": [i.to_json() for i in registry.list()]})
+
+    async def upload(request: Request) -> Response:
+        require_owner(state, request.headers.get("authorization"))
+        params = request.query_params
+        name = params.get("name") or None
+        flags = {
+            k: params.get(k, "false").lower() in ("1", "true", "yes")
+            for k in ("replace", "restricted")
+        }
+        body = await read_body(request, settings.max_model_size, "model")
+        # bytes() copies the whole model: on a worker, not on the event loop.
+        info = await state.run_blocking(
+            lambda: registry.add(
+                bytes(body), name=name, replace=flags["replace"], restricted=flags["restricted"]
+            )
+        )
+        log.info("model %s uploaded (%d bytes, id %s)", info.name, info.size, info.model_id)
+        return _json(info.to_json(), 201)
+
+    async def delete(request: Request) -> Response:
+        require_owner(state, request.headers.get("authorization"))
+        info = await state.run_blocking(registry.delete, request.path_params["ref"])
+        log.info("model %s deleted (id %s)", info.name, info.model_id)
+        return _json(info.to_json())
+
+    async def on_server_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServerError)
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return Response(
+            json.dumps({"error": exc.message}).encode(),
+            exc.status,
+            headers=headers,
+            media_type="application/json",
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _json(
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Logged (type only) by ``quiet`` once Starlette re-raises it.
+        return _json({"error": "internal server error"}, 500)
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route("/v2/models/{ref}", model_metadata),
+        Route("/v2/models/{ref}/ready", model_ready),
+        Route("/v2/models/{ref}/versions/{version}", model_metadata),
+        Route("/v2/models/{ref}/versions/{version}/ready", model_ready),
+        Route("/blindinfer/v1/attestation", attestation),
+        Route("/blindinfer/v1/models", list_models, methods=["GET"]),
+        Route("/blindinfer/v1/models", upload, methods=["POST"]),
+        Route("/blindinfer/v1/models/{ref}", delete, methods=["DELETE"]),
+    ]
+    # POST .../infer is served by InferEndpoint; this route only answers other methods.
+    routes.append(Route("/v2/models/{ref}/infer", _post_only, methods=["GET", "PUT", "DELETE"]))
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            ServerError: on_server_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+    )

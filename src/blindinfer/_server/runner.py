@@ -1,0 +1,301 @@
+"""Start-up and the serving loop: backend, TLS identity, store, registry, listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from blindinfer._engine.demo import DEMO_NAME, demo_model_bytes
+from blindinfer._engine.registry import EngineOptions, ModelRegistry
+from blindinfer._server._internals import http_protocol_class, load_config
+from blindinfer._server.app import build_app
+from blindinfer._server.coalesce import coalescing
+from blindinfer._server.config import Settings
+from blindinfer._server.protocol import ConnectionLimits, guarded
+from blindinfer._server.state import Listener, ServerState
+from blindinfer._server.tls import generate_identity
+from blindinfer._storage.sealed import SealedStore
+from blindinfer._storage.secrets import SealedSecret
+from blindinfer._tee import TeeBackend, create_backend
+from blindinfer.errors import ConfigError, StoreError
+
+log = logging.getLogger("blindinfer.server")
+
+OWNER_TOKEN_FILE = "owner-token.sealed"
+OWNER_TOKEN_PURPOSE = b"blindinfer-owner-token-v1"
+
+
+def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, str | None]:
+    """sha256 of the owner token, and the token itself when it was generated just now.
+
+    A generated token is kept only as a sealed hash (AES-GCM under the TEE sealing key): the
+    operator can neither read it nor swap in a hash of their own.
+    """
+    if settings.owner_token:
+        return hashlib.sha256(settings.owner_token.encode()).digest(), None
+    sealed = SealedSecret(settings.data_dir / OWNER_TOKEN_FILE, sealing_key, OWNER_TOKEN_PURPOSE)
+    if sealed.exists():
+        try:
+            return sealed.load(), None
+        except StoreError as exc:
+            raise ConfigError(
+                f"{exc}; remove it to generate a new owner token, or pass --owner-token"
+            ) from None
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).digest()
+    sealed.create(digest)
+    return digest, token
+
+
+def enter_empty_directory(data_dir: Path) -> None:
+    """Make the working directory an empty one that only this process may write.
+
+    onnxruntime resolves a model's relative external-data paths against the working directory
+    when the model comes as bytes. Validation refuses every such reference; this is the second
+    wall: even one that slipped through would find nothing to read."""
+    empty = data_dir / "empty"
+    empty.mkdir(mode=0o500, exist_ok=True)
+    for leftover in empty.iterdir():
+        raise ConfigError(f"{empty} must stay empty (found {leftover.name}); remove what is in it")
+    os.chmod(empty, 0o500)
+    os.chdir(empty)
+
+
+def build_state(
+    settings: Settings, backend: TeeBackend | None = None
+) -> tuple[ServerState, str | None]:
+    """Everything but the sockets. Returns the state and a freshly generated owner token.
+
+    ``backend`` replaces the one ``settings.tee`` names (tests drive emulated devices)."""
+    data_dir = settings.data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if backend is None:
+        backend = create_backend(settings.tee, data_dir, **settings.tee_options)
+    sealing_key = backend.sealing_key()
+    tls = generate_identity(settings.hostnames)
+    registry = ModelRegistry(
+        SealedStore(data_dir / "models", sealing_key),
+        EngineOptions(
+            max_models=settings.max_models,
+            max_model_size=settings.max_model_size,
+            intra_op_threads=settings.intra_op_threads,
+            max_run_seconds=settings.max_run_seconds,
+            max_run_memory=settings.max_run_memory,
+            max_load_seconds=settings.max_load_seconds,
+        ),
+    )
+
+    def progress(done: int, total: int, model_id: str) -> None:
+        if total:
+            log.info("loading stored models: %d/%d", done, total)
+
+    failed = registry.load_stored(progress)
+    if failed:
+        log.warning("%d stored model(s) could not be loaded and were left on disk", len(failed))
+    if settings.demo_model and not any(i.name == DEMO_NAME for i in registry.list()):
+        registry.add(demo_model_bytes(), name=DEMO_NAME, persist=False)
+    digest, new_token = _owner_token_digest(settings, sealing_key)
+    executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
+    state = ServerState(settings, backend, registry, tls, digest, executor)
+    state.evidence()  # fail at start-up, not on the first client, if the TEE cannot attest
+    return state, new_token
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        timeout=settings.idle_timeout,
+        max_head=settings.max_header_size,
+        max_connections=settings.max_connections,
+    )
+
+
+def listeners(state: ServerState) -> list[Listener]:
+    s = state.settings
+    out = [
+        Listener(
+            "native",
+            build_app(state),
+            s.host,
+            s.port,
+            state.tls.server_context(),
+            http_protocol=guarded(coalescing(http_protocol_class()), connection_limits(s)),
+        )
+    ]
+    if s.blindai_compat:
+        from blindinfer._server.compat import build_compat_listeners
+
+        out.extend(build_compat_listeners(state))
+    return out
+
+
+def _uvicorn_server(listener: Listener, settings: Settings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        listener.app,  # type: ignore[arg-type]
+        host=listener.host,
+        port=listener.port,
+        log_level=settings.log_level,
+        access_log=False,  # paths and timing only would be safe, but keep the hot path lean
+        server_header=False,
+        proxy_headers=False,  # inside a TEE, X-Forwarded-* from the operator means nothing
+        date_header=False,
+        lifespan="off",
+        http=listener.http_protocol or "auto",  # type: ignore[arg-type]
+        timeout_keep_alive=max(1, round(settings.idle_timeout)),
+        timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    # uvicorn only knows key *files*, and our key must never touch a disk.
+    load_config(config, listener.ssl)
+    return uvicorn.Server(config)
+
+
+def _bind(listener: Listener) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    try:
+        return socket.create_server((listener.host, listener.port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {listener.host}:{listener.port} for the {listener.name} API: "
+            f"{exc.strerror or exc}; choose another port or stop what uses it"
+        ) from None
+
+
+def banner(state: ServerState, token: str | None) -> str:
+    s = state.settings
+    url = f"https://{s.host}:{s.port}"
+    lines = [f"blindinfer ready on {url} (TEE backend: {state.backend.name})"]
+    if state.backend.insecure:
+        lines.append(
+            "WARNING: simulation TEE: INSECURE, no hardware protection; clients must opt in "
+            "with simulation_mode=True"
+        )
+    lines.append(f"models: {', '.join(i.name for i in state.registry.list()) or 'none'}")
+    if s.blindai_compat:
+        u, a, m = s.blindai_ports
+        lines.append(
+            f"BlindAI 0.6 ports: unattested {s.blindai_host}:{u}, run {s.blindai_host}:{a}, "
+            f"management {s.blindai_management_host}:{m}"
+        )
+    if token is not None:
+        lines.append(
+            f"model owner token (shown once, keep it secret): {token}\n"
+            f"  export BLINDINFER_OWNER_TOKEN={token}"
+        )
+    lines.append(f"try: blindinfer run {url} demo --simulation --input '[[5.1, 3.5, 1.4, 0.2]]'")
+    return "\n".join(lines)
+
+
+async def serve_state(
+    state: ServerState, token: str | None, started: Callable[[], None] | None = None
+) -> None:
+    """Serve every listener until SIGINT/SIGTERM or ``state.stop_event`` is set."""
+    chosen = listeners(state)
+    # Bind every socket first: a port in use is then one clear error, before anything serves.
+    sockets = [_bind(lst) for lst in chosen]
+    servers = [_uvicorn_server(lst, state.settings) for lst in chosen]
+    tasks = [
+        asyncio.create_task(srv.serve(sockets=[sock]))
+        for srv, sock in zip(servers, sockets, strict=True)
+    ]
+    while not all(srv.started for srv in servers):
+        if any(t.done() for t in tasks):
+            for srv in servers:
+                srv.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise ConfigError("a listener failed to start; see the log above")
+        await asyncio.sleep(0.02)
+    print(banner(state, token), flush=True)
+    if started is not None:
+        started()
+
+    stop = state.stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    # Runs in flight stop at their next node, so shutdown never waits on a long run.
+    state.registry.watchdog.stop_all("shutdown")
+    for srv in servers:
+        srv.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+
+
+def tune_malloc() -> None:
+    """Keep large request buffers on glibc's heap instead of fresh mmaps.
+
+    By default every buffer over 128 KiB is a new mmap, zero-filled page by page and unmapped on
+    free: a 600 KB tensor then costs ~150 page faults per request (the architecture notes
+    measured 590 us -> 31 us for one encode with higher thresholds). Same effect as setting
+    MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the environment; no-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+    mallopt(m_trim_threshold, 128 * 1024 * 1024)
+
+
+def serve(settings: Settings) -> None:
+    tune_malloc()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    state, token = build_state(settings)
+    enter_empty_directory(state.settings.data_dir)
+    try:
+        _run(serve_state(state, token))
+    finally:
+        state.registry.watchdog.stop_all("shutdown")
+        state.executor.shutdown(wait=False, cancel_futures=True)
+        state.attest_executor.shutdown(wait=False, cancel_futures=True)
+        _exit_after(SHUTDOWN_GRACE_S)
+
+
+# After the listeners have closed, worker threads get this long to finish (a run stops at its
+# next node; one node of a hostile model can still take a while) before the process exits.
+SHUTDOWN_GRACE_S = 5.0
+
+
+def _exit_after(seconds: float) -> None:
+    """Interpreter exit joins executor threads; a thread stuck in a long onnxruntime node must
+    not keep a stopped server alive, so a daemon timer ends the process past the grace time."""
+
+    def force() -> None:
+        log.warning("worker threads still busy %.0f s after shutdown; exiting", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)

@@ -1,0 +1,431 @@
+"""Open Inference Protocol v2 (KServe / Triton) inference messages, JSON and binary extension.
+
+Binary tensor data extension (Triton "binary_tensor_data"): the body is the JSON header followed
+by the raw tensor bytes; the ``Inference-Header-Content-Length`` HTTP header gives the JSON
+length, and each binary tensor's ``parameters.binary_data_size`` its byte count, in order.
+Shared by the server and the SDK; no transport code here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from blindinfer._wire.tensors import (
+    DATATYPES,
+    MAX_DIMS,
+    datatype_of,
+    element_count,
+    from_wire_bytes,
+    to_wire_bytes,
+)
+from blindinfer.errors import InvalidInput
+
+HEADER_LENGTH = "inference-header-content-length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    binary_outputs: set[str] | bool  # True = every output binary
+    request_id: str | None
+
+
+# JSON nesting allowed in a request: a tensor's nested ``data`` (at most MAX_DIMS deep) plus the
+# request's own levels ({"inputs": [{"data": ...}]}) and some slack.
+MAX_JSON_DEPTH = MAX_DIMS + 8
+_LABEL_MAX = 64  # characters of a client-chosen name quoted back in an error message
+
+
+class _Refused(ValueError):
+    """Raised from inside json.loads for text that Python accepts but JSON does not."""
+
+
+def _label(name: str) -> str:
+    """A client-chosen name as quoted in an error message (bounded, whatever the client sent)."""
+    return repr(name) if len(name) <= _LABEL_MAX else repr(name[:_LABEL_MAX]) + "..."
+
+
+# --- the JSON part ------------------------------------------------------------------------------
+
+
+# bytes.translate deletes every byte but these (one C pass); _STEP maps what is left to +1 / -1.
+_DELETE = bytes(c for c in range(256) if c not in b'[]{}"')
+_STEP = np.zeros(256, dtype=np.int8)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of arrays and objects in JSON text, brackets inside strings excluded.
+
+    Linear, with no per-byte Python work: escape sequences that could hide a quote are dropped
+    (bytes.replace), every byte but brackets and quotes is deleted (bytes.translate), and numpy
+    runs the rest. Exact for any text json.loads accepts, and for the prefix of any text it
+    parses before failing: UTF-8 multi-byte sequences never contain these bytes."""
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    s = np.frombuffer(raw.translate(None, _DELETE), dtype=np.uint8)
+    if not len(s):
+        return 0
+    steps = _STEP[s]
+    quotes = s == ord('"')
+    if quotes.any():  # from an opening quote up to its closing one: inside a string
+        inside = np.bitwise_xor.accumulate(quotes.view(np.uint8))
+        steps[inside.view(bool)] = 0
+    return int(np.cumsum(steps, dtype=np.int32).max())
+
+
+def _check_nesting(raw: bytes) -> None:
+    # Two C-speed counts first: a typical request has a handful of brackets and skips the scan.
+    opens = raw.count(b"[") + raw.count(b"{")
+    if opens > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
+        raise InvalidInput(
+            f"the request JSON is nested more than {MAX_JSON_DEPTH} levels deep (a tensor has at "
+            f"most {MAX_DIMS} dimensions)"
+        )
+
+
+def _refuse_constant(literal: str) -> float:
+    raise _Refused(f"{literal} is not a JSON value (JSON numbers are finite)")
+
+
+# Built once: json.loads with any keyword builds a new decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request's JSON: strict UTF-8 JSON (RFC 8259), nesting bounded before parsing."""
+    _check_nesting(raw)
+    try:
+        return _DECODER.decode(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput("the request JSON is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    except _Refused as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    except ValueError:  # int() refuses numbers of thousands of digits
+        raise InvalidInput("request body is not valid JSON: a number in it is too long") from None
+    except RecursionError:  # unreachable after _check_nesting; kept as a second line
+        raise InvalidInput("the request JSON is nested too deeply") from None
+
+
+# --- tensors ------------------------------------------------------------------------------------
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise InvalidInput(f"input {_label(name)}: 'shape' must be a list of non-negative integers")
+    if len(raw) > MAX_DIMS:
+        raise InvalidInput(
+            f"input {_label(name)}: the shape has {len(raw)} dimensions; at most {MAX_DIMS} are "
+            "supported"
+        )
+    return tuple(raw)
+
+
+def _datatype(raw: Any, name: str) -> str:
+    datatype = raw.upper() if isinstance(raw, str) else None
+    if datatype not in DATATYPES:
+        shown = _label(raw) if isinstance(raw, str) else f"of JSON type {_json_type(raw)}"
+        raise InvalidInput(
+            f"input {_label(name)}: unsupported datatype {shown}; supported: {', '.join(DATATYPES)}"
+        )
+    return datatype
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# The Python types json.loads gives each JSON value, as a client would name them.
+_JSON_NAMES: Final[dict[type, str]] = {
+    bool: "booleans",
+    int: "integers",
+    float: "non-integer numbers",
+    str: "strings",
+    type(None): "nulls",
+    list: "unevenly nested arrays",
+    dict: "objects",
+}
+_ALLOWED: Final[dict[str, tuple[frozenset[type], str]]] = {
+    "b": (frozenset({bool}), "JSON true or false"),
+    "i": (frozenset({int}), "integers"),
+    "u": (frozenset({int}), "integers"),
+    "f": (frozenset({int, float}), "JSON numbers"),
+}
+_FLOAT_MAX: Final = {n: float(np.finfo(dt).max) for n, dt in DATATYPES.items() if dt.kind == "f"}
+_SMALL = 64  # below this many values, Python's min/max beat two numpy reductions
+
+
+def _layout(data: Any, where: str) -> np.ndarray:
+    """The JSON values laid out by numpy as an object array (no conversion, one C pass).
+
+    Never ``np.asarray(data)``: for a mix of numbers and strings numpy builds a string array of
+    count x longest-string characters, terabytes for a request of a few megabytes."""
+    if not isinstance(data, list | int | float):  # bool is an int
+        raise InvalidInput(f"{where}: 'data' must be a JSON array, not {_json_type(data)}")
+    try:
+        return np.asarray(data, dtype=object)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"{where}: 'data' must be a flat list of values or lists nested like the shape"
+        ) from None
+
+
+def _convert(values: np.ndarray, datatype: str, where: str) -> np.ndarray:
+    """The values as ``datatype``, refusing values of the wrong JSON type or out of range.
+
+    One C-speed pass reads the type of every value (JSON has no other way to say 1.5 is not an
+    integer, or "1" not a number); numpy's casts then check integer ranges exactly."""
+    dt = DATATYPES[datatype]
+    if values.size == 0:
+        return np.empty(values.shape, dtype=dt)
+    allowed, expected = _ALLOWED[dt.kind]
+    kinds = set(map(type, values.flat))
+    if not kinds <= allowed:
+        wrong = ", ".join(sorted(_JSON_NAMES.get(k, k.__name__) for k in kinds - allowed))
+        raise InvalidInput(f"{where}: the values must be {expected}, not {wrong}")
+    try:
+        if dt.kind != "f":
+            return values.astype(dt)
+        wide = values.astype(np.float64)
+    except OverflowError:  # an integer out of the range of dt, or of FP64
+        raise _out_of_range(datatype, where) from None
+    # Compared before the cast (an overflowing cast warns); a JSON number is infinite only when
+    # it overflowed FP64 as it was read (1e400).
+    if _extreme(wide) > _FLOAT_MAX[datatype]:
+        raise _out_of_range(datatype, where)
+    return wide.astype(dt, copy=False)
+
+
+def _extreme(values: np.ndarray) -> float:
+    """Largest magnitude in a float64 array with no NaN (JSON has none)."""
+    if values.size <= _SMALL:
+        flat = values.ravel().tolist()
+        return float(max(-min(flat), max(flat)))
+    return max(-float(values.min()), float(values.max()))
+
+
+def _out_of_range(datatype: str, where: str) -> InvalidInput:
+    dt = DATATYPES[datatype]
+    if dt.kind == "f":
+        return InvalidInput(f"{where}: a value is out of the range of {datatype}")
+    info = np.iinfo(dt)
+    return InvalidInput(f"{where}: a value is out of its range ({info.min} to {info.max})")
+
+
+def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    where = f"input {_label(name)}"
+    if data is None:
+        raise InvalidInput(f"{where}: no 'data' and no binary_data_size")
+    try:
+        count = element_count(shape, DATATYPES[datatype].itemsize)
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+    values = _layout(data, where)
+    if values.shape != shape and (values.ndim > 1 or values.size != count):
+        if values.ndim <= 1:
+            raise InvalidInput(
+                f"{where}: {values.size} values given for shape {list(shape)} ({count} needed)"
+            )
+        raise InvalidInput(
+            f"{where}: 'data' is nested as {list(values.shape)}, not as the shape {list(shape)}; "
+            "send a flat list or lists nested like the shape"
+        )
+    return _convert(values, datatype, f"{where}: data is not valid {datatype}").reshape(shape)
+
+
+def _binary_tensor(
+    view: memoryview, offset: int, size: Any, name: str, datatype: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    where = f"input {_label(name)}"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
+    if offset + size > len(view):
+        raise InvalidInput(
+            f"{where}: binary_data_size runs past the end of the body ({len(view) - offset} "
+            "bytes of binary data left)"
+        )
+    try:
+        return from_wire_bytes(view[offset : offset + size], datatype, shape)
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
+def _parameters(raw: Any, where: str) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be a JSON object")
+    return raw
+
+
+def _flag(params: Mapping[str, Any], key: str, where: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: parameter {key!r} must be true or false")
+    return value
+
+
+# --- the request --------------------------------------------------------------------------------
+
+
+def _split(body: bytes | bytearray, header_length: int | None) -> int:
+    if header_length is None:
+        return len(body)
+    if not 0 < header_length <= len(body):
+        raise InvalidInput(
+            f"{HEADER_LENGTH} must be between 1 and the body's length ({len(body)} bytes)"
+        )
+    return header_length
+
+
+def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> InferRequest:
+    """Parse a JSON or binary-extension request body into named numpy arrays (zero-copy)."""
+    split = _split(body, header_length)
+    view = memoryview(body)
+    header = load_json(view[:split].tobytes())
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("request must be a JSON object with an 'inputs' list")
+    offset = split
+    inputs: dict[str, np.ndarray] = {}
+    for item in header["inputs"]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each input must be an object with a 'name' string")
+        name = item["name"]
+        if name in inputs:
+            raise InvalidInput(f"input {_label(name)} is given twice")
+        datatype = _datatype(item.get("datatype"), name)
+        shape = _shape(item.get("shape"), name)
+        size = _parameters(item.get("parameters"), f"input {_label(name)}").get("binary_data_size")
+        if size is None:
+            inputs[name] = _json_tensor(name, datatype, shape, item.get("data"))
+            continue
+        if item.get("data") is not None:
+            raise InvalidInput(f"input {_label(name)} has both 'data' and binary_data_size")
+        inputs[name] = _binary_tensor(view, offset, size, name, datatype, shape)
+        offset += size
+    if offset != len(body):
+        raise InvalidInput(f"{len(body) - offset} bytes of binary data follow the last tensor")
+    outputs, binary = _requested_outputs(header)
+    return InferRequest(inputs, outputs, binary, _request_id(header.get("id")))
+
+
+def _request_id(raw: Any) -> str | None:
+    if raw is not None and not isinstance(raw, str):
+        raise InvalidInput("'id' must be a string")
+    return raw
+
+
+def _requested_outputs(header: Mapping[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
+    where = "the request"
+    all_binary = _flag(_parameters(header.get("parameters"), where), "binary_data_output", where)
+    raw = header.get("outputs")
+    if raw is None:
+        return None, all_binary
+    if not isinstance(raw, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
+    ):
+        raise InvalidInput("'outputs' must be a list of objects with a 'name' string")
+    names: list[str] = []
+    seen: set[str] = set()
+    binary: set[str] = set()
+    for o in raw:
+        name = o["name"]
+        if name in seen:
+            raise InvalidInput(f"output {_label(name)} is requested twice")
+        names.append(name)
+        seen.add(name)
+        where = f"output {_label(name)}"
+        if _flag(_parameters(o.get("parameters"), where), "binary_data", where):
+            binary.add(name)
+    return names, True if all_binary else binary
+
+
+def encode_infer_response(
+    model_name: str,
+    outputs: Mapping[str, np.ndarray],
+    binary: set[str] | bool,
+    request_id: str | None = None,
+) -> tuple[list[bytes | memoryview], int | None]:
+    """Body chunks and the JSON header length (None when the response is plain JSON)."""
+    descs: list[dict[str, Any]] = []
+    blobs: list[bytes | memoryview] = []
+    for name, array in outputs.items():
+        desc: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if binary is True or (isinstance(binary, set) and name in binary):
+            blob = to_wire_bytes(array)
+            desc["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            desc["data"] = array.reshape(-1).tolist()
+        descs.append(desc)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": descs}
+    if request_id is not None:
+        doc["id"] = request_id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return [header], None
+    return [header, *blobs], len(header)
+
+
+def encode_infer_request(
+    inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+) -> tuple[list[bytes | memoryview], int]:
+    """Binary-extension request (every tensor binary, every output requested binary)."""
+    descs = []
+    blobs: list[bytes | memoryview] = []
+    for name, array in inputs.items():
+        blob = to_wire_bytes(array)
+        descs.append(
+            {
+                "name": name,
+                "datatype": datatype_of(array),
+                "shape": list(array.shape),
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+        blobs.append(blob)
+    doc: dict[str, Any] = {"inputs": descs, "parameters": {"binary_data_output": True}}
+    if outputs:
+        doc["outputs"] = [{"name": n} for n in outputs]
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    return [header, *blobs], len(header)
+
+
+def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+    """Outputs by name from a JSON or binary response (zero-copy for binary tensors)."""
+    split = header_length if header_length is not None else len(body)
+    doc = json.loads(memoryview(body)[:split].tobytes())
+    view = memoryview(body)
+    offset = split
+    out: dict[str, np.ndarray] = {}
+    for item in doc["outputs"]:
+        datatype, shape = item["datatype"], tuple(item["shape"])
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            out[item["name"]] = from_wire_bytes(view[offset : offset + size], datatype, shape)
+            offset += size
+        else:
+            out[item["name"]] = np.asarray(item["data"], dtype=DATATYPES[datatype]).reshape(shape)
+    return out
