@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from blindinfer.attestation import _dcap, sgx, tdx
+from blindinfer.attestation import _dcap
+from blindinfer.attestation import _sgx as sgx
+from blindinfer.attestation import _tdx as tdx
 from blindinfer.attestation._claims import Claims
 from blindinfer.errors import AttestationError, CollateralError, EvidenceError
 from tests.e2e._dcap_forge import DcapTestPki, Template, raw_sign

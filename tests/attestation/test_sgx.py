@@ -10,7 +10,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from blindinfer.attestation import Evidence, Policy, sgx, tdx, verify_evidence
+from blindinfer.attestation import Evidence, Policy, verify_evidence
+from blindinfer.attestation import _sgx as sgx
+from blindinfer.attestation import _tdx as tdx
 from blindinfer.attestation._claims import Claims
 from blindinfer.errors import CollateralError, ConfigError, EvidenceError, PolicyError
 

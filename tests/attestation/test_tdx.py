@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from blindinfer.attestation import Evidence, Policy, _dcap, sgx, tdx, verify_evidence
+from blindinfer.attestation import Evidence, Policy, _dcap, verify_evidence
+from blindinfer.attestation import _sgx as sgx
+from blindinfer.attestation import _tdx as tdx
 from blindinfer.attestation._claims import Claims
 from blindinfer.errors import (
     AttestationError,

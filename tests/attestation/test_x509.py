@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
-from blindinfer.attestation import _x509, snp
+from blindinfer.attestation import _snp as snp
+from blindinfer.attestation import _x509
 from blindinfer.errors import CollateralError, EvidenceError
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
