@@ -101,6 +101,8 @@ def test_every_exception_is_in_the_one_tree() -> None:
                 continue
             if issubclass(obj, Warning):  # warnings are not errors
                 continue
+            if obj.__name__.startswith("_"):  # control flow inside one module, never raised out
+                continue
             if not issubclass(obj, BlindInferError):
                 strays.append(f"{name}.{obj.__name__}")
     assert strays == []
@@ -110,7 +112,7 @@ def test_public_errors_are_exported() -> None:
     from blindinfer import errors
 
     for name, obj in inspect.getmembers(errors, inspect.isclass):
-        if issubclass(obj, BlindInferError):
+        if issubclass(obj, BlindInferError) and name != "GenerationConflict":  # server-internal
             assert name in blindinfer.__all__, name
 
 

@@ -28,7 +28,7 @@ def test_call_with_timeout_returns_raises_and_abandons() -> None:
         limits.call_with_timeout(lambda: 1 // 0, 5)
     release = threading.Event()
     before = limits.abandoned_loads()
-    with pytest.raises(limits.LoadTimeout):
+    with pytest.raises(limits._LoadTimeout):
         limits.call_with_timeout(lambda: release.wait(30), 0.05)
     assert limits.abandoned_loads() == before + 1
     release.set()

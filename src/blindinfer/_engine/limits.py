@@ -136,7 +136,7 @@ class Watchdog:
                 handle.stop("time")
 
 
-class LoadTimeout(Exception):
+class _LoadTimeout(Exception):
     """A blocking call did not finish in time; it goes on in an abandoned daemon thread."""
 
 
@@ -178,7 +178,7 @@ def call_with_timeout(fn: Callable[[], T], seconds: float) -> T:
         if not state["done"]:
             state["abandoned"] = True
             _abandoned += 1
-            raise LoadTimeout
+            raise _LoadTimeout
     if error:
         raise error[0]
     return result[0]

@@ -119,7 +119,7 @@ class ModelRegistry:
                 lambda: ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
                 self.options.max_load_seconds,
             )
-        except limits.LoadTimeout:
+        except limits._LoadTimeout:
             raise InvalidModel(
                 f"onnxruntime did not finish loading the model within "
                 f"{self.options.max_load_seconds:g} s (setting max_load_seconds); the load was "

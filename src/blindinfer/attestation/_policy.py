@@ -124,7 +124,7 @@ def expect_hex_in(name: str, allowed: list[str] | None, actual: str) -> None:
 # so it round-trips through ``from_dict``). The dataclass default is the value of an absent key.
 
 
-class Invalid(Exception):
+class _Invalid(Exception):
     """A parser's complaint about one value: ``problem`` completes "``[kind] key`` ..."."""
 
     def __init__(self, problem: str, sub: str | None = None) -> None:
@@ -189,7 +189,7 @@ class TablePolicy:
                 raise ConfigError(f"policy: [{cls.kind}] {key} is set but {sp.requires} is not")
             try:
                 values[key] = sp.parse(raw)
-            except Invalid as bad:
+            except _Invalid as bad:
                 name = f"{key}.{bad.sub}" if bad.sub else key
                 raise ConfigError(f"policy: [{cls.kind}] {name} {bad.problem}") from None
         return cls(**values)
@@ -204,7 +204,7 @@ class TablePolicy:
         return out
 
 
-# Parsers. Each returns the Python value or raises Invalid with the problem.
+# Parsers. Each returns the Python value or raises _Invalid with the problem.
 
 
 def hex_values(*sizes: int) -> Parser:
@@ -213,15 +213,15 @@ def hex_values(*sizes: int) -> Parser:
     def parse(raw: Any) -> list[str]:
         values = [raw] if isinstance(raw, str) else raw
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise Invalid(f"must be a hex string or a list of hex strings, got {raw!r}")
+            raise _Invalid(f"must be a hex string or a list of hex strings, got {raw!r}")
         for v in values:
             try:
                 n = len(bytes.fromhex(v))
             except ValueError:
-                raise Invalid(f"value {v!r} is not hex") from None
+                raise _Invalid(f"value {v!r} is not hex") from None
             if sizes and n not in sizes:
                 want = " or ".join(map(str, sizes)).replace(" or ", ", ", len(sizes) - 2)
-                raise Invalid(f"must be {want} bytes, {v!r} has {n}")
+                raise _Invalid(f"must be {want} bytes, {v!r} has {n}")
         return [v.lower() for v in values]
 
     return parse
@@ -236,7 +236,7 @@ def hex_bytes(nbytes: int) -> Parser:
         except ValueError:
             ok = False
         if not ok:
-            raise Invalid(f"must be {nbytes} bytes of hex, got {raw!r}")
+            raise _Invalid(f"must be {nbytes} bytes of hex, got {raw!r}")
         return str(raw).lower()
 
     return parse
@@ -244,7 +244,7 @@ def hex_bytes(nbytes: int) -> Parser:
 
 def flag(raw: Any) -> bool:
     if not isinstance(raw, bool):
-        raise Invalid(f"must be true or false, got {raw!r}")
+        raise _Invalid(f"must be true or false, got {raw!r}")
     return raw
 
 
@@ -262,7 +262,7 @@ def uint(bits: int | None = None, *, hex_ok: bool = False) -> Parser:
                 value = None
         if value is None or value < 0 or (bits is not None and value >= 1 << bits):
             size = f"an integer of {bits} bits" if bits is not None else "a non-negative integer"
-            raise Invalid(f"must be {size}{' (or hex)' if hex_ok else ''}, got {raw!r}")
+            raise _Invalid(f"must be {size}{' (or hex)' if hex_ok else ''}, got {raw!r}")
         return value
 
     return parse
@@ -274,10 +274,10 @@ def names(allowed: Sequence[str] | None = None, what: str = "names") -> Parser:
     def parse(raw: Any) -> list[str]:
         values = [raw] if isinstance(raw, str) else raw
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-            raise Invalid(f"must be a list of strings, got {raw!r}")
+            raise _Invalid(f"must be a list of strings, got {raw!r}")
         unknown = [v for v in values if allowed is not None and v not in allowed]
         if unknown:
-            raise Invalid(f"has unknown value(s) {unknown}; the {what} are {list(allowed or ())}")
+            raise _Invalid(f"has unknown value(s) {unknown}; the {what} are {list(allowed or ())}")
         return list(values)
 
     return parse
@@ -289,17 +289,17 @@ def uint_table(keys: Sequence[str]) -> Parser:
 
     def parse(raw: Any) -> dict[str, int]:
         if not isinstance(raw, Mapping):
-            raise Invalid(f"must be a table {{{', '.join(f'{k}=' for k in keys)}}}, got {raw!r}")
+            raise _Invalid(f"must be a table {{{', '.join(f'{k}=' for k in keys)}}}, got {raw!r}")
         unknown = set(raw) - set(keys)
         if unknown:
-            raise Invalid(f"has unknown key(s) {sorted(unknown)}; known: {list(keys)}")
+            raise _Invalid(f"has unknown key(s) {sorted(unknown)}; known: {list(keys)}")
         out: dict[str, int] = {}
         for key in keys:
             if key in raw:
                 try:
                     out[key] = item(raw[key])
-                except Invalid as bad:
-                    raise Invalid(bad.problem, sub=key) from None
+                except _Invalid as bad:
+                    raise _Invalid(bad.problem, sub=key) from None
         return out
 
     return parse
