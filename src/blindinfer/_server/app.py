@@ -76,7 +76,7 @@ def build_app(state: ServerState) -> ASGIApp:
                 return
         await rest(scope, receive, send)
 
-    return app
+    return state.metrics.instrument(app, "native")
 
 
 def _build_starlette(state: ServerState) -> Starlette:
@@ -122,6 +122,15 @@ def _build_starlette(state: ServerState) -> Starlette:
             }
         )
 
+    async def model_stats(request: Request) -> Response:
+        """OIP/KServe statistics extension: counts and cumulative nanoseconds per model."""
+        if "ref" in request.path_params:
+            models = [resolve(request)]
+        else:
+            models = [registry.resolve(i.model_id) for i in registry.list()]
+        stats = [state.metrics.model_stats(m.info.model_id).to_json(m.info.name) for m in models]
+        return _json({"model_stats": stats})
+
     async def model_ready(request: Request) -> Response:
         model = resolve(request)
         return _json({"name": model.info.name, "ready": True})
@@ -164,6 +173,7 @@ def _build_starlette(state: ServerState) -> Starlette:
     async def delete(request: Request) -> Response:
         require_owner(state, request.headers.get("authorization"))
         info = await state.run_blocking(registry.delete, request.path_params["ref"])
+        state.metrics.forget(info.model_id)
         log.info("model %s deleted (id %s)", info.name, info.model_id)
         return _json(info.to_json())
 
@@ -191,7 +201,10 @@ def _build_starlette(state: ServerState) -> Starlette:
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
+        Route("/v2/models/stats", model_stats),
         Route("/v2/models/{ref}", model_metadata),
+        Route("/v2/models/{ref}/stats", model_stats),
+        Route("/v2/models/{ref}/versions/{version}/stats", model_stats),
         Route("/v2/models/{ref}/ready", model_ready),
         Route("/v2/models/{ref}/versions/{version}", model_metadata),
         Route("/v2/models/{ref}/versions/{version}/ready", model_ready),

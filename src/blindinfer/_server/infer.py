@@ -153,6 +153,19 @@ class InferEndpoint:
         )
         body = await read_limited(receive, declared, limit, "inference request")
         model_id = model.info.model_id
+        start = time.perf_counter()
+        try:
+            reply = await self._run(model, body, header_len, receive)
+        except ServerError:
+            state.metrics.record_run(model_id, time.perf_counter() - start, ok=False)
+            raise
+        state.metrics.record_run(model_id, time.perf_counter() - start, ok=True)
+        return reply
+
+    async def _run(
+        self, model: LoadedModel, body: bytearray, header_len: int | None, receive: Receive
+    ) -> Reply:
+        model_id = model.info.model_id
         if (
             len(body) <= INLINE_MAX_BODY
             and self._run_time.get(model_id, 1.0) < INLINE_RUN_S
@@ -162,7 +175,7 @@ class InferEndpoint:
                 return self._work(model, body, header_len, max_seconds=INLINE_MAX_SECONDS)
             except LimitExceeded:
                 self._never_inline.add(model_id)  # and run it again below, on a worker
-        return await state.run_cancellable(
+        return await self.state.run_cancellable(
             lambda on_start: self._work(model, body, header_len, on_start), receive
         )
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from blindinfer._engine.limits import RunHandle
 from blindinfer._engine.registry import ModelRegistry
 from blindinfer._server.config import Settings
+from blindinfer._server.metrics import Metrics, collateral_expiry
 from blindinfer._server.tls import TlsIdentity
 from blindinfer._tee.base import TeeBackend
 from blindinfer.attestation._binding import report_data_for
@@ -41,6 +42,7 @@ class ServerState:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="attest")
     )
     stop_event: asyncio.Event | None = None  # set by the runner; set it to stop serving
+    metrics: Metrics = field(default_factory=Metrics)
     _evidence: Evidence | None = None
     _evidence_time: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,6 +80,7 @@ class ServerState:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, work, handles.append)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
+        self.metrics.in_flight.inc()
         try:
             done, _ = await asyncio.wait([future, watcher], return_when=asyncio.FIRST_COMPLETED)
             if future not in done and watcher.result().get("type") == "http.disconnect":
@@ -86,11 +89,26 @@ class ServerState:
             return await future
         finally:
             watcher.cancel()
+            self.metrics.in_flight.dec()
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking work (inference, model loading, evidence) off the event loop."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        self.metrics.in_flight.inc()
+        try:
+            return await loop.run_in_executor(self.executor, fn, *args)
+        finally:
+            self.metrics.in_flight.dec()
+
+    def update_gauges(self, metrics: Metrics) -> None:
+        """Scrape-time gauges: loaded models, evidence age, collateral expiry."""
+        metrics.models.set(len(self.registry.list()))
+        evidence = self._evidence
+        if evidence is None:
+            return
+        metrics.evidence_age.set(time.monotonic() - self._evidence_time)
+        expiry = collateral_expiry(evidence.collateral)
+        metrics.collateral_expiry.set(expiry.timestamp() if expiry else 0)
 
 
 @dataclass(frozen=True)
