@@ -17,7 +17,13 @@ from urllib.parse import unquote
 
 from blindinfer._engine.limits import RunHandle
 from blindinfer._engine.registry import LoadedModel
-from blindinfer._server.requests import check_run_access, content_length, read_limited
+from blindinfer._server.protocol import DIRECT_BODY
+from blindinfer._server.requests import (
+    check_run_access,
+    content_length,
+    read_direct,
+    read_limited,
+)
 from blindinfer._server.state import ServerState
 from blindinfer._wire import oip
 from blindinfer.errors import (
@@ -151,7 +157,11 @@ class InferEndpoint:
         limit = (
             settings.max_request_size if header_len is not None else settings.max_json_request_size
         )
-        body = await read_limited(receive, declared, limit, "inference request")
+        direct = scope.get("extensions", {}).get(DIRECT_BODY)
+        if direct is not None:
+            body = await read_direct(direct, receive, limit, "inference request")
+        else:
+            body = await read_limited(receive, declared, limit, "inference request")
         model_id = model.info.model_id
         start = time.perf_counter()
         try:

@@ -29,6 +29,61 @@ class ConnectionLimits:
     timeout: float = 30.0
     max_head: int = 64 * 1024
     max_connections: int = 4096
+    # Inference bodies up to this size go straight into their final buffer (0: off).
+    direct_body_max: int = 0
+
+
+# At most this much is allocated ahead of the bytes that arrived (as in requests.read_limited).
+PREALLOCATE_MAX = 1024 * 1024
+DIRECT_BODY = "blindinfer.body"  # the scope extension the infer endpoint reads the body from
+
+
+class DirectBody:
+    """One request body, written by the protocol straight into the buffer the endpoint parses.
+
+    uvicorn appends each piece to a bytearray, pauses reading every 64 KiB until the app takes
+    it, and copies it into a new bytes object when it does; the endpoint then copied it again.
+    Here each piece is copied once, into place, with no pause (the size is bounded: the
+    declared length is at most ``direct_body_max``), and the app wakes once, when the body is
+    complete. Memory still follows the bytes that arrived, not the length declared."""
+
+    __slots__ = ("buf", "declared", "pos")
+
+    def __init__(self, declared: int) -> None:
+        self.declared = declared
+        self.buf = bytearray(min(declared, PREALLOCATE_MAX))
+        self.pos = 0
+
+    def write(self, chunk: bytes) -> None:
+        end = self.pos + len(chunk)
+        if end <= len(self.buf):
+            self.buf[self.pos : end] = chunk
+        else:
+            del self.buf[self.pos :]
+            self.buf += chunk
+        self.pos = end
+
+    def body(self) -> bytearray:
+        if self.pos != len(self.buf):
+            del self.buf[self.pos :]
+        return self.buf
+
+
+def _direct_candidate(scope: dict[str, Any], limit: int) -> DirectBody | None:
+    """A DirectBody for ``POST .../infer`` with a Content-Length of at most ``limit``."""
+    if limit <= 0 or scope.get("method") != "POST" or not scope.get("path", "").endswith("/infer"):
+        return None
+    declared = None
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            if declared is not None or not value.isdigit():
+                return None  # let the endpoint refuse it with its own message
+            declared = int(value)
+        elif name == b"transfer-encoding":
+            return None
+    if declared is None or declared > limit:
+        return None
+    return DirectBody(declared)
 
 
 ABORT_AFTER_S = 1.0
@@ -64,6 +119,8 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
         _limits = limits
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._direct: DirectBody | None = None
+            self._deadline = 0.0
             self._phase = "idle"
             self._head_bytes = 0
             self._timer: asyncio.TimerHandle | None = None
@@ -81,6 +138,12 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             self._disarm()
             self._timer = self.loop.call_later(self._limits.timeout, self._on_timeout)
 
+        def _extend(self) -> None:
+            """Push the running timer's deadline back (per body piece: no timer churn)."""
+            self._deadline = self.loop.time() + self._limits.timeout
+            if self._timer is None:
+                self._arm()
+
         def _disarm(self) -> None:
             if self._timer is not None:
                 self._timer.cancel()
@@ -88,6 +151,10 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
 
         def _on_timeout(self) -> None:
             self._timer = None
+            left = self._deadline - self.loop.time()
+            if self._phase in ("body", "drain") and left > 0:
+                self._timer = self.loop.call_later(left, self._on_timeout)
+                return
             if self._phase in ("head", "body"):
                 self._refuse(
                     408,
@@ -130,14 +197,24 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
 
         def on_headers_complete(self) -> None:
             self._phase = "body"
+            self._deadline = 0.0
             self._arm()
             super().on_headers_complete()
+            # The app's task exists but has not run: it sees the extension in its scope.
+            self._direct = _direct_candidate(self.scope, self._limits.direct_body_max)
+            if self._direct is not None:
+                self.scope.setdefault("extensions", {})[DIRECT_BODY] = self._direct
 
         def on_body(self, body: bytes) -> None:
-            self._arm()
-            super().on_body(body)
+            self._extend()
+            direct = self._direct
+            if direct is None:
+                super().on_body(body)
+            elif not self.cycle.response_complete:  # answered early (401, 404): drop the rest
+                direct.write(body)
 
         def on_message_complete(self) -> None:
+            self._direct = None
             if self._phase == "drain":  # the rest of a body answered early has been read
                 self._phase = "idle"
                 self._disarm()

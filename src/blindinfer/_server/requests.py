@@ -16,6 +16,8 @@ from blindinfer.errors import InvalidInput, PayloadTooLarge, Unauthorized
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from blindinfer._server.protocol import DirectBody
+
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
@@ -98,6 +100,22 @@ async def read_limited(receive: Receive, declared: int | None, limit: int, what:
     if declared is not None and pos != declared:
         raise InvalidInput(f"the body ended after {pos} of {declared} bytes")
     return buf
+
+
+async def read_direct(direct: DirectBody, receive: Receive, limit: int, what: str) -> bytearray:
+    """A body the protocol wrote into place (``protocol.DirectBody``): wait for its end."""
+    declared = direct.declared
+    if declared > limit:
+        raise PayloadTooLarge(f"the {what} is {declared} bytes, over the server limit of {limit}")
+    more = True
+    while more:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            raise InvalidInput("the client went away before sending the whole body")
+        more = message.get("more_body", False)
+    if direct.pos != declared:
+        raise InvalidInput(f"the body ended after {direct.pos} of {declared} bytes")
+    return direct.body()
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytearray:

@@ -120,6 +120,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         timeout=settings.idle_timeout,
         max_head=settings.max_header_size,
         max_connections=settings.max_connections,
+        direct_body_max=settings.max_request_size,
     )
 
 

@@ -3,6 +3,7 @@ package docstring for the protocol)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -261,7 +262,8 @@ def build_compat_listeners(state: ServerState) -> list[Listener]:
         )
     from blindinfer._server.runner import connection_limits
 
-    limits = connection_limits(s)
+    # The BlindAI routes read their bodies through receive(): no direct inference bodies.
+    limits = dataclasses.replace(connection_limits(s), direct_body_max=0)
     http = guarded(http_protocol_class(), limits)
     sniffing = sniffing_protocol(http, state.tls.server_context(), limits.timeout)
     tls = state.tls.server_context
