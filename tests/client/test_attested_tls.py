@@ -56,10 +56,41 @@ def test_mitm_after_attestation_fails_before_any_request_byte(server: ServerProc
                 conn.upload_model(model, name="stolen")
             with pytest.raises(blindinfer.BindingError):
                 conn.run_model("demo", SECRET)
-            assert proxy.tls_attempts >= 1  # the client did reach the proxy...
-            assert proxy.handshakes == 0  # ...but refused its certificate during the handshake
-            assert proxy.seen == b""  # so no request byte ever reached it
+            # The client reached the proxy and, its certificate being unknown, attested that
+            # connection: the relayed evidence binds the real server's certificate, not the
+            # proxy's, so each of the bounded attempts was refused...
+            assert proxy.handshakes == 2 * 3 == conn._transport.refused
+            # ...and all the proxy ever read is attestation requests: no token, no model, no input.
+            requests = [r for r in bytes(proxy.seen).split(b"\r\n\r\n") if r]
+            assert len(requests) == 6
+            assert all(r.startswith(b"GET /blindinfer/v1/attestation?nonce=") for r in requests)
+            assert b"authorization" not in proxy.seen.lower()
+            assert len(conn.verified_certificates) == 1
     assert model not in proxy.seen and SECRET.tobytes() not in proxy.seen
+    assert server.owner_token.encode() not in proxy.seen and b"POST" not in proxy.seen
+
+
+def test_mitm_refused_once_without_retries(server: ServerProcess) -> None:
+    with mitm(server.port, "passthrough") as proxy:
+        conn = blindinfer.connect(
+            proxy.url, simulation_mode=True, token=server.owner_token, attest_attempts=1
+        )
+        with conn:
+            conn.run_model("demo", np.ones((1, 4), np.float32))
+            proxy.mode = "terminate"
+            proxy.drop_connections()
+            proxy.seen.clear()
+            with pytest.raises(blindinfer.BindingError, match="man in the middle"):
+                conn.run_model("demo", SECRET)
+            assert proxy.handshakes == 1 and conn._transport.refused == 1
+    assert SECRET.tobytes() not in proxy.seen
+
+
+def test_connect_through_mitm_is_refused_after_bounded_attempts(server: ServerProcess) -> None:
+    with mitm(server.port, "terminate") as proxy:
+        with pytest.raises(blindinfer.BindingError):
+            blindinfer.connect(proxy.url, simulation_mode=True, attest_attempts=2)
+        assert proxy.handshakes == 2
 
 
 def test_dropped_keep_alive_connections_are_replaced(server: ServerProcess) -> None:

@@ -1,4 +1,19 @@
-"""The SDK: connect() verifies the server's attestation, then talks only to that certificate."""
+"""The SDK: connect() verifies the server's attestation, then sends requests only on connections
+whose peer certificate was verified by attestation.
+
+One server or many replicas behind an L4 (TCP passthrough) balancer work the same way: each
+replica has its own TLS key and evidence, so every new TLS connection whose certificate is not
+yet verified is attested on that very connection (fresh nonce, same policy and options as
+``connect()``, evidence bound to that connection's peer certificate) before any request byte;
+the verified certificate is remembered (sha256 of its DER, bounded set), so later connections
+to the same replica, and every request on a kept-alive connection, cost nothing more.
+
+A replica whose evidence fails is refused: its connection is closed before any request byte
+(no token, no input), the refusal is logged (logger ``blindinfer.client``) and counted, and a new
+connection is tried, since the balancer may route it to a good replica, up to
+``attest_attempts`` connections in all (default 3); past that the last PolicyError, BindingError
+or EvidenceError is raised. ``attest_attempts=1`` raises on the first refusal.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +31,15 @@ from urllib.parse import quote, urlencode, urlsplit
 import numpy as np
 
 from blindinfer._client.tensors import to_named_arrays
-from blindinfer._client.tls import evidence_context, pinned_context
-from blindinfer._client.transport import Reply, Transport
+from blindinfer._client.tls import VerifiedCertificates, evidence_context
+from blindinfer._client.transport import Exchange, Reply, Transport
 from blindinfer._wire import oip
 from blindinfer._wire.attestation import AttestationDocument
 from blindinfer._wire.models import ModelInfo
 from blindinfer.attestation import Claims, Evidence, Policy, verify_evidence
 from blindinfer.attestation._simulation import KindPolicy as SimulationPolicy
 from blindinfer.errors import (
+    AttestationError,
     BindingError,
     BlindInferError,
     EvidenceError,
@@ -38,6 +54,8 @@ UPLOAD_CHUNK = 1 << 20
 # Evidence plus collateral (DCAP: quote, PCK chain, TCB info, QE identity, CRLs) is a few tens of
 # KiB; AMD certificate chains similar. 8 MiB leaves room and bounds an unverified peer.
 EVIDENCE_MAX_BODY = 8 * 1024 * 1024
+# New connections tried per request (and by connect()) while replicas refuse attestation.
+ATTEST_ATTEMPTS = 3
 
 
 # Returns the collateral to verify a piece of evidence with (instead of the server's).
@@ -100,11 +118,15 @@ def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[
     _raise_for(reply)
     if not reply.peer_certificate:
         raise BindingError("the attestation response did not come over TLS")
+    return _parse_evidence(reply.body), reply.peer_certificate
+
+
+def _parse_evidence(body: bytes) -> Evidence:
     try:
-        doc = json.loads(reply.body)
+        doc = json.loads(body)
     except ValueError:
         raise EvidenceError("the attestation endpoint did not return JSON") from None
-    return AttestationDocument.from_json(doc).evidence, reply.peer_certificate
+    return AttestationDocument.from_json(doc).evidence
 
 
 @dataclass(frozen=True)
@@ -153,6 +175,22 @@ def attest(
 def _attest(base: str, opts: VerifyOptions) -> tuple[Claims, bytes]:
     nonce = secrets.token_bytes(32)
     evidence, cert = fetch_evidence(base, nonce, opts.timeout)
+    claims = _verify(base, opts, evidence, cert, nonce)
+    if claims.insecure:
+        warnings.warn(
+            f"connected to {base} in SIMULATION mode: there is NO hardware protection, the "
+            "operator of that machine can read your inputs and outputs",
+            InsecureSimulationWarning,
+            stacklevel=4,
+        )
+    return claims, cert
+
+
+def _verify(
+    base: str, opts: VerifyOptions, evidence: Evidence, cert: bytes, nonce: bytes
+) -> Claims:
+    """Authenticity, binding to ``cert`` (the peer certificate of the connection the evidence
+    came over), freshness (``nonce``), policy and the simulation opt-in."""
     if evidence.kind == "simulation" and not opts.simulation_mode:
         raise PolicyError(
             f"{base} runs the SIMULATION TEE: its evidence is signed by a software key and gives "
@@ -170,18 +208,36 @@ def _attest(base: str, opts: VerifyOptions) -> tuple[Claims, bytes]:
         nonce=nonce,
         roots=opts.trust_roots.get(evidence.kind),
     )
-    if claims.insecure:
-        warnings.warn(
-            f"connected to {base} in SIMULATION mode: there is NO hardware protection, the "
-            "operator of that machine can read your inputs and outputs",
-            InsecureSimulationWarning,
-            stacklevel=4,
-        )
-    return claims, cert
+    return claims
+
+
+class _ConnectionAttestor:
+    """Attests a new TLS connection on itself (the transport's Attestor): a fresh nonce, the
+    evidence fetched over that connection, verified against its own peer certificate with the
+    options ``connect()`` used; on success the certificate joins the verified set."""
+
+    def __init__(self, base: str, opts: VerifyOptions, verified: VerifiedCertificates) -> None:
+        self._base = base
+        self._opts = opts
+        self._verified = verified
+
+    def __call__(self, exchange: Exchange, peer_der: bytes) -> None:
+        nonce = secrets.token_bytes(32)
+        reply = exchange(f"/blindinfer/v1/attestation?nonce={nonce.hex()}", EVIDENCE_MAX_BODY)
+        try:
+            _raise_for(reply)
+        except ServerError as exc:
+            msg = f"{self._base} returned no evidence on a new connection: {exc}"
+            raise EvidenceError(msg) from exc
+        _verify(self._base, self._opts, _parse_evidence(reply.body), peer_der, nonce)
+        self._verified.add(peer_der)
 
 
 class Connection:
-    """An attested connection. Every TLS handshake it makes must present the attested certificate.
+    """An attested connection. A request only ever leaves on a TLS connection whose peer
+    certificate was verified by attestation: the one ``connect()`` attested, or, behind a
+    balancer, another replica's, attested on that new connection first (with ``verify``, the
+    options ``connect()`` used). Without ``verify`` only ``certificate_der`` is accepted.
 
     Use as a context manager, or call close()."""
 
@@ -192,13 +248,33 @@ class Connection:
         certificate_der: bytes,
         token: str | None,
         timeout: float,
+        *,
+        verify: VerifyOptions | None = None,
+        attest_attempts: int = ATTEST_ATTEMPTS,
     ) -> None:
         self.url = base_url
         self.claims = claims
         self.certificate_der = certificate_der
         self._auth = {"authorization": f"Bearer {token}"} if token else {}
-        self._transport = Transport(base_url, pinned_context(certificate_der), timeout)
+        self._verified = VerifiedCertificates([certificate_der])
+        attestor = None if verify is None else _ConnectionAttestor(base_url, verify, self._verified)
+        # The handshake accepts any certificate; the transport checks the verified set on every
+        # new connection before any request byte (and attests the connection when it can).
+        self._transport = Transport(
+            base_url,
+            evidence_context(),
+            timeout,
+            verified=self._verified,
+            attestor=attestor,
+            attest_attempts=attest_attempts,
+        )
         self._meta: dict[str, dict[str, Any]] = {}
+
+    @property
+    def verified_certificates(self) -> frozenset[str]:
+        """sha256 (hex) of every server certificate this connection has verified (one per
+        replica reached behind a balancer; bounded, least recently seen forgotten first)."""
+        return self._verified.digests()
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -208,13 +284,18 @@ class Connection:
         path: str,
         body: bytes | Iterable[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        idempotent: bool = False,
     ) -> Reply:
-        reply = self._transport.request(method, path, body, {**self._auth, **(headers or {})})
+        reply = self._transport.request(
+            method, path, body, {**self._auth, **(headers or {})}, idempotent=idempotent
+        )
         _raise_for(reply)
         return reply
 
     def _json(self, method: str, path: str) -> Any:
-        return json.loads(self._request(method, path).body)
+        # Reads may be sent again on another connection if theirs is lost; DELETE may not.
+        return json.loads(self._request(method, path, idempotent=method == "GET").body)
 
     def close(self) -> None:
         self._transport.close()
@@ -316,6 +397,7 @@ class Connection:
                 "content-type": oip.BINARY_CONTENT_TYPE,
                 "content-length": str(size),
             },
+            idempotent=True,  # a run changes nothing on the server: safe to send again
         )
         raw_len = reply.headers.get(oip.HEADER_LENGTH)
         return oip.parse_infer_response(reply.body, int(raw_len) if raw_len else None)
@@ -330,13 +412,16 @@ def connect(
     timeout: float = 60.0,
     trust_roots: Mapping[str, Sequence[bytes]] | None = None,
     collateral_source: CollateralSource | None = None,
+    attest_attempts: int = ATTEST_ATTEMPTS,
 ) -> Connection:
     """Verify the server at ``url`` against ``policy`` and return an attested Connection.
 
     ``policy``: a Policy, a path to a TOML policy file, or a mapping of its tables. Simulation
     evidence is refused unless ``simulation_mode=True``. The owner token (for uploads and
     deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable.
-    ``trust_roots`` and ``collateral_source``: see ``attest``."""
+    ``trust_roots`` and ``collateral_source``: see ``attest``. Behind a balancer every new
+    connection is attested the same way before use; ``attest_attempts`` bounds the connections
+    tried while replicas refuse attestation (module docstring)."""
     base = _base_url(url)
     opts = VerifyOptions(
         _resolve_policy(policy, simulation_mode),
@@ -346,8 +431,24 @@ def connect(
         trust_roots or {},
         collateral_source,
     )
-    claims, cert = _attest(base, opts)
-    return Connection(base, claims, cert, token or os.environ.get(TOKEN_ENV), timeout)
+    attempts = max(1, attest_attempts)
+    for attempt in range(attempts):
+        try:
+            claims, cert = _attest(base, opts)
+            break
+        except AttestationError:
+            # Each try is a new TCP connection: a balancer may route it to a good replica.
+            if attempt + 1 == attempts:
+                raise
+    return Connection(
+        base,
+        claims,
+        cert,
+        token or os.environ.get(TOKEN_ENV),
+        timeout,
+        verify=opts,
+        attest_attempts=attempts,
+    )
 
 
 __all__ = [

@@ -1,10 +1,19 @@
-"""TLS contexts for the SDK: one to fetch evidence, one pinned to the attested certificate."""
+"""TLS contexts for the SDK and the set of certificates it has verified by attestation.
+
+Behind an L4 (TCP passthrough) balancer every replica has its own TLS key and evidence, so the
+handshake cannot pin one certificate: it completes with any certificate (``evidence_context``)
+and the transport then refuses to send a request on a connection whose peer certificate is not
+in the ``VerifiedCertificates`` set, attesting that very connection first when it is new.
+``pinned_context`` remains for single-certificate callers (tests, tools)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import ssl
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 from blindinfer.errors import BindingError
@@ -62,3 +71,50 @@ def pinned_context(certificate_der: bytes) -> PinnedContext:
     ctx.load_verify_locations(cadata=certificate_der)
     ctx.pinned_der = certificate_der
     return ctx
+
+
+# Replicas a client can meet behind one balancer; past it the least recently seen certificate is
+# forgotten (a connection to it is attested again, never trusted without evidence).
+VERIFIED_MAX = 1024
+
+
+class VerifiedCertificates:
+    """A bounded, thread-safe set of peer certificates (by sha256 of their DER) that passed
+    attestation. Only membership is kept: a certificate evicted or never added is attested
+    again before any request goes out on a connection that shows it."""
+
+    def __init__(self, initial: Iterable[bytes] = (), limit: int = VERIFIED_MAX) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._limit = limit
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+        for der in initial:
+            self.add(der)
+
+    def add(self, certificate_der: bytes) -> None:
+        digest = hashlib.sha256(certificate_der).digest()
+        with self._lock:
+            self._digests[digest] = None
+            self._digests.move_to_end(digest)
+            while len(self._digests) > self._limit:
+                self._digests.popitem(last=False)
+
+    def __contains__(self, certificate_der: object) -> bool:
+        if not isinstance(certificate_der, bytes) or not certificate_der:
+            return False
+        digest = hashlib.sha256(certificate_der).digest()
+        with self._lock:
+            if digest not in self._digests:
+                return False
+            self._digests.move_to_end(digest)
+            return True
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._digests)
+
+    def digests(self) -> frozenset[str]:
+        """The sha256 (hex) of every certificate in the set."""
+        with self._lock:
+            return frozenset(d.hex() for d in self._digests)

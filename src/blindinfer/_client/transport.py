@@ -3,8 +3,17 @@
 Measured on this kind of machine (2 vCPU): httpx cost ~0.45 ms per request and http.client
 ~0.12 ms, more than TLS and the server's own work. Here h11 (a maintained, sans-I/O HTTP/1.1
 state machine) does all the message framing, and this module only moves bytes over a pool of
-kept-alive sockets. Every socket is opened through the caller's SSLContext, so the
-pinned-certificate check runs in each handshake.
+kept-alive sockets.
+
+Which server a socket talks to is decided per connection, before any request byte: with a
+``VerifiedCertificates`` set, every new connection's peer certificate must be in it; one that is
+not is attested on that very connection (the caller's ``attestor`` sends the attestation request
+on it and adds the certificate when the evidence passes) and closed, with the error raised,
+when it does not pass. Behind an L4 balancer each new connection may reach another replica, so
+a refusing replica is retried on a fresh connection a bounded number of times
+(``attest_attempts``). Without a set, the caller's SSLContext decides alone (``pinned_context``).
+A connection lost mid-flight (reset, EOF before a full reply) is retried once on another
+connection for a request the caller marks idempotent.
 
 What is refused, on top of what h11 refuses (RFC 9112 framing):
 - a reply body larger than the caller's cap: a Content-Length over it before any body byte is
@@ -19,23 +28,32 @@ What is refused, on top of what h11 refuses (RFC 9112 framing):
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import re
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
 import h11
 
-from blindinfer.errors import BindingError, BlindInferError, ConnectError
+from blindinfer._client.tls import VerifiedCertificates
+from blindinfer.errors import AttestationError, BindingError, BlindInferError, ConnectError
+
+log = logging.getLogger("blindinfer.client")
 
 
 class _Closed(ConnectionError):
     """The peer closed the connection before sending any byte of the reply."""
+
+
+class _Lost(ConnectionError):
+    """The peer closed the connection in the middle of the reply."""
 
 
 class _Refused(Exception):
@@ -51,6 +69,9 @@ _STALE = (
     ssl.SSLEOFError,
     ssl.SSLZeroReturnError,
 )
+# Errors that mean the connection died with the request in flight: only an idempotent request
+# may be sent again.
+_LOST = (*_STALE, _Lost, ConnectionAbortedError)
 
 _MAX_HEADER = 65536
 _MAX_BODY = 1 << 34  # no reply of ours comes near it; a bound on a lying Content-Length
@@ -163,10 +184,13 @@ class _Conn:
         headers: dict[str, str] = {}
         parts: list[bytes | bytearray] = []
         size = 0
+        eof = False
         while True:
             try:
                 event = http.next_event()
-            except h11.RemoteProtocolError:
+            except h11.RemoteProtocolError as exc:
+                if eof:  # h11 ends a close-delimited body at EOF; any other reply is cut short
+                    raise _Lost(f"connection closed before a full reply: {exc}") from exc
                 # ``start`` (the first read) holds the status line of a refused 101.
                 if not status and _SWITCHING.match(start):
                     return 101, {}, b"", False
@@ -180,7 +204,9 @@ class _Conn:
             elif kind is h11.EndOfMessage:
                 break
             elif event is h11.NEED_DATA:
-                http.receive_data(self.sock.recv(_RECV))
+                more = self.sock.recv(_RECV)
+                eof = not more
+                http.receive_data(more)
             elif isinstance(event, h11.InformationalResponse):
                 # A 1xx to a request that asked for none: handed up as the reply (the caller
                 # refuses it); the final reply that may follow is never read, so never reuse.
@@ -218,8 +244,25 @@ def _check_framing(method: bytes, status: int, headers: Mapping[str, str], limit
         raise _Refused(f"response body of {int(declared)} bytes is over {limit}")
 
 
+# Sends a GET for ``path`` on the connection being verified and returns the reply (body capped
+# at ``max_body``): what an attestor uses to fetch evidence on that very connection.
+Exchange = Callable[[str, int], Reply]
+# Attests a new connection: given its Exchange and peer certificate DER, verifies the evidence
+# and adds the certificate to the VerifiedCertificates set, or raises an AttestationError.
+Attestor = Callable[[Exchange, bytes], None]
+
+
 class Transport:
-    def __init__(self, base_url: str, context: ssl.SSLContext, timeout: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        context: ssl.SSLContext,
+        timeout: float,
+        *,
+        verified: VerifiedCertificates | None = None,
+        attestor: Attestor | None = None,
+        attest_attempts: int = 1,
+    ) -> None:
         parts = urlsplit(base_url)
         self.base_url = base_url
         self._host = parts.hostname or "localhost"
@@ -233,8 +276,65 @@ class Transport:
         self._closed = False
         self._requests: dict[tuple[str, str, tuple[tuple[str, str], ...], int | None], h11.Request]
         self._requests = {}
+        self._verified = verified
+        self._attestor = attestor
+        self._attest_attempts = max(1, attest_attempts)
+        self.refused = 0  # new connections closed because their peer failed attestation
 
     def _new(self) -> _Conn:
+        """A new connection whose peer is verified; nothing but an attestation request (no
+        credential, no input) has been sent on it."""
+        if self._verified is None:
+            return self._dial()
+        last: AttestationError | None = None
+        for _ in range(self._attest_attempts):
+            conn = self._dial()
+            try:
+                self._check_peer(conn, self._verified)
+                return conn
+            except AttestationError as exc:
+                conn.close()
+                self.refused += 1
+                last = exc
+                log.warning("refused a connection to %s: %s", self.base_url, exc)
+            except BaseException:
+                conn.close()
+                raise
+        assert last is not None
+        raise last
+
+    def _check_peer(self, conn: _Conn, verified: VerifiedCertificates) -> None:
+        peer = conn.sock.getpeercert(True)
+        if peer is not None and peer in verified:
+            return
+        if self._attestor is None or peer is None:
+            raise BindingError(
+                f"{self.base_url} presented a certificate other than the attested one: "
+                "possible man in the middle; no data was sent"
+            )
+        self._attestor(functools.partial(self._exchange, conn), peer)
+        # The set is the one authority: whatever the attestor did, no request leaves on a
+        # connection whose certificate is not in it.
+        if peer not in verified:
+            raise BindingError(
+                f"{self.base_url} presented a certificate that was not verified by attestation; "
+                "no data was sent"
+            )
+
+    def _exchange(self, conn: _Conn, path: str, max_body: int) -> Reply:
+        event = self._build_request("GET", path, None, None)
+        try:
+            conn.send(event, None)
+            status, headers, data, reusable = conn.receive(event.method, max_body)
+        except _LOST as exc:
+            raise ConnectError(f"{self.base_url} closed the connection: {exc}") from exc
+        except (OSError, h11.ProtocolError, _Refused) as exc:
+            raise BlindInferError(f"attestation request to {self.base_url} failed: {exc}") from exc
+        if not reusable:
+            raise ConnectError(f"{self.base_url} closed the connection after attestation")
+        return Reply(status, headers, data, conn.sock.getpeercert(True))
+
+    def _dial(self) -> _Conn:
         try:
             raw = socket.create_connection((self._host, self._port), timeout=self._timeout)
         except OSError as exc:
@@ -321,18 +421,35 @@ class Transport:
         *,
         peer_certificate: bool = False,
         max_body: int | None = None,
+        idempotent: bool = False,
     ) -> Reply:
-        """Send one request; a stale pooled connection is replaced once, transparently."""
+        """Send one request; a stale pooled connection is replaced once, transparently, and an
+        ``idempotent`` request whose connection is lost (or cannot be opened) is sent once more
+        on another connection (attested first when new)."""
         event = self._request_event(method, path, body, headers)
         limit = _MAX_BODY if max_body is None else max_body
-        for attempt in range(2):
-            conn, reused = self._take()
+        replayable = not _is_iterator(body)
+        stale_retry = replayable
+        lost_retry = idempotent and replayable
+        while True:
+            try:
+                conn, reused = self._take()
+            except ConnectError:
+                if not lost_retry:
+                    raise
+                lost_retry = False
+                continue
             try:
                 conn.send(event, body)
                 status, reply_headers, data, reusable = conn.receive(event.method, limit)
-            except _STALE as exc:
+            except _LOST as exc:
                 conn.close()
-                if reused and attempt == 0 and not _is_iterator(body):
+                if reused and stale_retry and isinstance(exc, _STALE):
+                    stale_retry = False  # an idle keep-alive connection the server had closed
+                    continue
+                if lost_retry:
+                    lost_retry = False
+                    log.info("%s lost a connection mid-request (%s): retrying", self.base_url, exc)
                     continue
                 raise BlindInferError(f"{self.base_url} closed the connection: {exc}") from exc
             except (OSError, h11.ProtocolError, _Refused) as exc:
@@ -344,7 +461,6 @@ class Transport:
             else:
                 conn.close()
             return Reply(status, reply_headers, data, peer)
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._lock:
