@@ -10,8 +10,16 @@ import pytest
 
 from blindinfer._engine.demo import demo_model_bytes, demo_reference
 from blindinfer._engine.registry import EngineOptions, ModelRegistry
+from blindinfer._storage.manifest import StoreManifest
 from blindinfer._storage.sealed import SealedStore
-from blindinfer.errors import Conflict, InvalidInput, InvalidModel, ModelNotFound, PayloadTooLarge
+from blindinfer.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidModel,
+    ModelNotFound,
+    PayloadTooLarge,
+    StoreError,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -93,3 +101,120 @@ def test_reload_from_store_and_keep_unreadable(tmp_path: Path) -> None:
     assert (tmp_path / "00000000-0000-0000-0000-000000000000.sealed").exists()
     with pytest.raises(ModelNotFound):
         fresh.resolve("missing")
+
+
+# --- with the store manifest (as the server runs it) -------------------------------------------
+
+MLP = (FIXTURES / "mlp.onnx").read_bytes()
+
+
+def managed(root: Path, key: bytes, max_models: int = 32) -> ModelRegistry:
+    return ModelRegistry(
+        SealedStore(root / "models", key),
+        EngineOptions(max_models=max_models),
+        manifest=StoreManifest(root, key),
+    )
+
+
+def test_manifest_decides_what_is_live(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    reg = managed(tmp_path, key)
+    assert reg.load_stored() == []
+    gone = reg.add(demo_model_bytes(), name="gone")
+    v1 = reg.add(demo_model_bytes(), name="m")
+    models = tmp_path / "models"
+    gone_file = (models / f"{gone.model_id}.sealed").read_bytes()
+    v1_file = (models / f"{v1.model_id}.sealed").read_bytes()
+    reg.delete("gone")
+    v2 = reg.add(MLP, name="m", replace=True)
+    assert not (models / f"{v1.model_id}.sealed").exists()
+    # the operator restores the deleted model and the superseded version
+    (models / f"{gone.model_id}.sealed").write_bytes(gone_file)
+    (models / f"{v1.model_id}.sealed").write_bytes(v1_file)
+    fresh = managed(tmp_path, key)
+    assert fresh.load_stored() == []
+    assert sorted(fresh.ignored) == sorted([gone.model_id, v1.model_id])
+    assert fresh.resolve("m").info.model_id == v2.model_id
+    with pytest.raises(ModelNotFound):
+        fresh.resolve("gone")
+    assert (models / f"{gone.model_id}.sealed").exists()  # reported, never deleted
+
+
+def test_a_listed_file_swapped_for_another_version_is_not_served(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    reg = managed(tmp_path, key)
+    reg.load_stored()
+    info = reg.add(demo_model_bytes(), name="m")
+    path = tmp_path / "models" / f"{info.model_id}.sealed"
+    first = path.read_bytes()
+    # an authentic re-seal of the same id (same key, same AAD) is still not the listed file
+    SealedStore(tmp_path / "models", key).put(info.model_id, {"name": "m", "created": "x"}, MLP)
+    assert path.read_bytes() != first
+    fresh = managed(tmp_path, key)
+    assert fresh.load_stored() == [info.model_id]
+    with pytest.raises(ModelNotFound):
+        fresh.resolve("m")
+
+
+def test_missing_manifest_with_sealed_models_needs_migration(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    legacy = ModelRegistry(SealedStore(tmp_path / "models", key))
+    info = legacy.add(demo_model_bytes(), name="old")
+    with pytest.raises(StoreError, match=r"no store manifest.*--migrate-store"):
+        managed(tmp_path, key).load_stored()
+    adopted = managed(tmp_path, key)
+    assert adopted.load_stored(migrate=True) == []
+    assert adopted.resolve("old").info.model_id == info.model_id
+    again = managed(tmp_path, key)  # the manifest now exists: no flag needed
+    assert again.load_stored() == [] and again.resolve("old")
+
+
+def test_replicas_share_one_store(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    a, b = managed(tmp_path, key, max_models=2), managed(tmp_path, key, max_models=2)
+    a.load_stored()
+    b.load_stored()
+    info = a.add(demo_model_bytes(), name="shared")
+    with pytest.raises(ModelNotFound):
+        b.resolve("shared")
+    assert b.sync() is True
+    assert b.resolve("shared").info.model_id == info.model_id
+    assert b.sync() is False  # nothing new
+    with pytest.raises(Conflict, match="already exists"):  # B knows, and so does the manifest
+        b.add(demo_model_bytes(), name="shared")
+    a.add(MLP, name="second")
+    with pytest.raises(Conflict, match="limit"):  # the limit counts what all replicas stored
+        b.add(MLP, name="third")
+    b.delete("shared")
+    assert a.sync() is True
+    with pytest.raises(ModelNotFound):
+        a.resolve("shared")
+    replaced = b.add(demo_model_bytes(), name="second", replace=True)
+    a.sync()
+    assert a.resolve("second").info.model_id == replaced.model_id
+
+
+def test_a_name_conflict_decided_by_the_manifest_leaves_no_file(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    a, b = managed(tmp_path, key), managed(tmp_path, key)
+    a.load_stored()
+    b.load_stored()
+    a.add(demo_model_bytes(), name="x")
+    with pytest.raises(Conflict):  # B has not synced: only the manifest can tell
+        b.add(MLP, name="x")
+    assert len(list((tmp_path / "models").glob("*.sealed"))) == 1
+
+
+def test_the_demo_model_stays_in_memory(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    a = managed(tmp_path, key)
+    a.load_stored()
+    a.add(demo_model_bytes(), name="demo", persist=False)
+    b = managed(tmp_path, key)
+    b.load_stored()
+    b.add(MLP, name="other")
+    a.sync()
+    assert a.resolve("demo") and a.resolve("other")
+    assert list((tmp_path / "models").glob("*.sealed")) == [
+        tmp_path / "models" / f"{b.resolve('other').info.model_id}.sealed"
+    ]

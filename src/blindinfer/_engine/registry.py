@@ -3,11 +3,16 @@
 Shared by every API surface (native OIP v2, BlindAI 0.6 compatibility): a model uploaded
 through one can be run through the other. Mutations take a lock; lookups read an immutable
 snapshot so inference never waits on an upload.
+
+With a store manifest (``_storage/manifest.py``, always in the server), the manifest decides
+what is live: start-up serves only the models it lists with matching digests, every add,
+replace and delete commits a new manifest version before it returns, and :meth:`sync` (polled
+by :meth:`start_sync`) brings this process in line with changes other replicas sharing the
+directory committed.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import re
@@ -23,6 +28,7 @@ import onnxruntime as ort
 
 from blindinfer._engine import limits
 from blindinfer._engine.validate import parse_model, signature_of
+from blindinfer._storage.manifest import Entry, Manifest, StoreManifest, is_disk_full
 from blindinfer._storage.sealed import SealedStore
 from blindinfer._wire.models import ModelInfo, TensorSpec
 from blindinfer._wire.tensors import datatype_of
@@ -85,6 +91,10 @@ def session_options(opts: EngineOptions) -> Any:
 MAX_ABANDONED_LOADS = 2
 
 
+def _meta(info: ModelInfo) -> dict[str, Any]:
+    return {"name": info.name, "created": info.created, "restricted": info.restricted}
+
+
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name) or _HEX64_RE.match(name) or _UUID_RE.match(name.lower()):
         raise InvalidInput(
@@ -95,11 +105,28 @@ def check_name(name: str) -> str:
 
 
 class ModelRegistry:
-    def __init__(self, store: SealedStore | None, options: EngineOptions | None = None) -> None:
+    def __init__(
+        self,
+        store: SealedStore | None,
+        options: EngineOptions | None = None,
+        *,
+        manifest: StoreManifest | None = None,
+    ) -> None:
+        """``manifest=None`` with a store: every sealed file is live (no rollback protection;
+        unit tests only, the server always passes one)."""
         self.store = store
+        self.manifest = manifest if store is not None else None
         self.options = options or EngineOptions()
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}  # by model_id; replaced wholesale on change
+        self._ephemeral: set[str] = set()  # in memory only (persist=False: the demo model)
+        self._version = 0  # manifest version the in-memory view reflects
+        self._failed: dict[str, str] = {}  # model_id -> sha256 that could not be loaded
+        self.ignored: list[str] = []  # sealed files on disk the manifest does not list
+        self._sync_lock = threading.Lock()
+        self._sync_stamp: tuple[int, int, int] | None = None
+        self._sync_stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
         self.watchdog = limits.Watchdog(self.options.max_run_seconds)
 
     # --- loading -------------------------------------------------------------------------------
@@ -145,29 +172,67 @@ class ModelRegistry:
             output_names=tuple(t.name for t in sig.outputs),
         )
 
-    def load_stored(self, progress: Callable[[int, int, str], None] | None = None) -> list[str]:
-        """Reload every sealed model at start-up. Returns the ids that failed (kept on disk)."""
+    def load_stored(
+        self, progress: Callable[[int, int, str], None] | None = None, *, migrate: bool = False
+    ) -> list[str]:
+        """Reload the stored models at start-up. Returns the ids that failed (kept on disk).
+
+        With a manifest: only the models it lists are loaded; a missing manifest while sealed
+        models exist raises StoreError unless ``migrate`` (adopt the files found, once)."""
         if self.store is None:
             return []
+        if self.manifest is None:
+            return self._load_all_files(progress)
+        manifest = self.manifest.read()
+        if manifest is None:
+            manifest = self._first_manifest(migrate)
+        failed = self._apply(manifest, progress)
+        listed = manifest.models
+        self.ignored = [i for i in self.store.ids() if i not in listed]
+        if self.ignored:
+            log.warning(
+                "%d sealed file(s) not listed in the store manifest were ignored (left on disk, "
+                "not served): %s",
+                len(self.ignored),
+                ", ".join(self.ignored),
+            )
+        return failed
+
+    def _first_manifest(self, migrate: bool) -> Manifest:
+        assert self.store is not None and self.manifest is not None
+        found = list(self.store.ids())
+        if found and not migrate:
+            raise StoreError(
+                f"{self.store.directory} holds {len(found)} sealed model(s) but no store "
+                "manifest, so which of them are current cannot be known (a deleted or replaced "
+                "model may have been restored); start once with --migrate-store to adopt all of "
+                "them, only if this directory is known not to have been rolled back"
+            )
+        entries: dict[str, Entry] = {}
+        for model_id in found:
+            try:
+                name = str(self.store.get(model_id).meta["name"])
+                entries[model_id] = Entry(self.store.file_sha256(model_id), name, 1)
+            except (StoreError, KeyError, OSError, ValueError) as exc:
+                log.error("sealed file %s not adopted into the manifest: %s", model_id, exc)
+        if found:
+            log.warning("store manifest created: adopted %d existing sealed model(s)", len(entries))
+        created = self.manifest.create(entries)
+        if created is not None:
+            return created
+        again = self.manifest.read()  # a replica created it first
+        assert again is not None
+        return again
+
+    def _load_all_files(self, progress: Callable[[int, int, str], None] | None) -> list[str]:
+        assert self.store is not None
         ids = list(self.store.ids())
         failed: list[str] = []
         for i, model_id in enumerate(ids):
             if progress:
                 progress(i, len(ids), model_id)
-            try:
-                stored = self.store.get(model_id)
-                meta = stored.meta
-                loaded = self._build(
-                    stored.data,
-                    model_id,
-                    str(meta["name"]),
-                    str(meta["created"]),
-                    bool(meta.get("restricted", False)),
-                )
-            except (StoreError, InvalidModel, KeyError, OSError, ValueError) as exc:
-                # Never delete what we cannot read: the operator may have started us with the
-                # wrong key or a newer version may understand it.
-                log.error("stored model %s could not be loaded (kept on disk): %s", model_id, exc)
+            loaded = self._load_one(model_id, None)
+            if loaded is None:
                 failed.append(model_id)
                 continue
             with self._lock:
@@ -175,6 +240,106 @@ class ModelRegistry:
         if progress:
             progress(len(ids), len(ids), "")
         return failed
+
+    def _load_one(self, model_id: str, sha256: str | None) -> LoadedModel | None:
+        assert self.store is not None
+        try:
+            stored = self.store.get(model_id, sha256)
+            meta = stored.meta
+            return self._build(
+                stored.data,
+                model_id,
+                str(meta["name"]),
+                str(meta["created"]),
+                bool(meta.get("restricted", False)),
+            )
+        except (StoreError, InvalidModel, LimitExceeded, KeyError, OSError, ValueError) as exc:
+            # Never delete what we cannot read: the operator may have started us with the
+            # wrong key or a newer version may understand it.
+            log.error("stored model %s could not be loaded (kept on disk): %s", model_id, exc)
+            return None
+
+    def _apply(
+        self, manifest: Manifest, progress: Callable[[int, int, str], None] | None = None
+    ) -> list[str]:
+        """Make the in-memory models what ``manifest`` lists (plus the in-memory-only ones).
+        Loads happen outside the lock; a manifest older than what is applied is skipped."""
+        wanted = manifest.models
+        current = self._models
+        todo = [
+            mid
+            for mid, e in wanted.items()
+            if mid not in current and self._failed.get(mid) != e.sha256
+        ]
+        loaded: dict[str, LoadedModel] = {}
+        failed: list[str] = []
+        for i, model_id in enumerate(todo):
+            if progress:
+                progress(i, len(todo), model_id)
+            got = self._load_one(model_id, wanted[model_id].sha256)
+            if got is None:
+                self._failed[model_id] = wanted[model_id].sha256
+                failed.append(model_id)
+            else:
+                loaded[model_id] = got
+        if progress:
+            progress(len(todo), len(todo), "")
+        with self._lock:
+            if manifest.version < self._version:
+                return failed  # a newer version was applied meanwhile (a local commit)
+            names = {m.info.name for m in loaded.values()}
+            models = {
+                mid: m
+                for mid, m in self._models.items()
+                if (mid in wanted and mid not in self._ephemeral)
+                or (mid in self._ephemeral and m.info.name not in names)
+            }
+            self._ephemeral &= models.keys()
+            models.update(loaded)
+            self._models = models
+            self._version = manifest.version
+        return failed
+
+    def sync(self) -> bool:
+        """Pick up what other replicas committed to the shared store; True if anything changed.
+
+        Cheap when nothing did (one stat). A manifest older than one already seen, or below the
+        version anchor, is refused (logged) and the current models stay served."""
+        if self.manifest is None:
+            return False
+        with self._sync_lock:
+            stamp = self.manifest.stamp()
+            if stamp is not None and stamp == self._sync_stamp:
+                return False
+            try:
+                manifest = self.manifest.read()
+            except StoreError as exc:
+                log.error("store manifest not applied: %s", exc)
+                return False
+            self._sync_stamp = stamp
+            if manifest is None or manifest.version <= self._version:
+                return False
+            before = set(self._models)
+            self._apply(manifest)
+            return set(self._models) != before
+
+    def start_sync(self, interval: float) -> None:
+        """Poll the manifest every ``interval`` seconds in a daemon thread (replicas)."""
+        if self.manifest is None or interval <= 0 or self._sync_thread is not None:
+            return
+
+        def loop() -> None:
+            while not self._sync_stop.wait(interval):
+                try:
+                    self.sync()
+                except Exception as exc:  # the poller must outlive one bad round
+                    log.error("store sync failed: %s", type(exc).__name__)
+
+        self._sync_thread = threading.Thread(target=loop, name="store-sync", daemon=True)
+        self._sync_thread.start()
+
+    def stop_sync(self) -> None:
+        self._sync_stop.set()
 
     # --- mutations -----------------------------------------------------------------------------
 
@@ -202,6 +367,8 @@ class ModelRegistry:
         loaded = self._build(data, model_id, name or model_id, created, restricted)
         with self._lock:
             old = self._by_name(loaded.info.name)
+            if self.manifest is not None and persist:
+                return self._add_committed(loaded, data, replace, old)
             if old is not None and not replace:
                 raise Conflict(
                     f"a model named {loaded.info.name!r} already exists (id {old.info.model_id}); "
@@ -213,23 +380,87 @@ class ModelRegistry:
                     "(setting max_models); delete one first"
                 )
             if self.store is not None and persist:
-                meta = {"name": loaded.info.name, "created": created, "restricted": restricted}
-                self._put(model_id, meta, data)
+                self._put(model_id, _meta(loaded.info), data)
             models = dict(self._models)
             if old is not None:
                 del models[old.info.model_id]
+                self._ephemeral.discard(old.info.model_id)
             models[model_id] = loaded
+            if not persist:
+                self._ephemeral.add(model_id)
             self._models = models
             if old is not None and self.store is not None:
                 self.store.delete(old.info.model_id)
         return loaded.info
 
-    def _put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+    def _add_committed(
+        self, loaded: LoadedModel, data: bytes, replace: bool, old: LoadedModel | None
+    ) -> ModelInfo:
+        """add() with a manifest (lock held): the manifest, read under its cross-process lock,
+        decides name conflicts and the model limit, so two replicas cannot both win a name."""
+        assert self.store is not None and self.manifest is not None
+        info = loaded.info
+        local_only = old if old is not None and old.info.model_id in self._ephemeral else None
+        if local_only is not None and not replace:
+            raise Conflict(
+                f"a model named {info.name!r} already exists (id {local_only.info.model_id}); "
+                "delete it first or upload with replace"
+            )
+        in_memory = len(self._ephemeral) - (local_only is not None)
+        digest = self._put(info.model_id, _meta(info), data)
+        removed: list[str] = []
+
+        def change(entries: dict[str, Entry], version: int) -> None:
+            same = [mid for mid, e in entries.items() if e.name == info.name]
+            if same and not replace:
+                raise Conflict(
+                    f"a model named {info.name!r} already exists (id {same[0]}); delete it "
+                    "first or upload with replace"
+                )
+            if not same and len(entries) + in_memory >= self.options.max_models:
+                raise Conflict(
+                    f"the server already holds {len(entries) + in_memory} models, its limit "
+                    "(setting max_models); delete one first"
+                )
+            for mid in same:
+                del entries[mid]
+                removed.append(mid)
+            entries[info.model_id] = Entry(digest, info.name, version)
+
+        try:
+            manifest = self._commit(change)
+        except BaseException:
+            self.store.delete(info.model_id)  # never listed: not a stored model
+            raise
+        models = {m: v for m, v in self._models.items() if m not in removed}
+        if local_only is not None:
+            models.pop(local_only.info.model_id, None)
+            self._ephemeral.discard(local_only.info.model_id)
+        models[info.model_id] = loaded
+        self._models = models
+        self._version = max(self._version, manifest.version)
+        for mid in removed:
+            self.store.delete(mid)  # superseded: the manifest no longer lists it
+        return info
+
+    def _commit(self, change: Callable[[dict[str, Entry], int], None]) -> Manifest:
+        assert self.manifest is not None
+        try:
+            return self.manifest.update(change)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise InsufficientStorage(
+                    "the server's disk is full: the change was not stored (models already "
+                    "stored are intact); ask the operator to free space"
+                ) from None
+            raise
+
+    def _put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> str:
         assert self.store is not None
         try:
-            self.store.put(model_id, meta, data)
+            return self.store.put(model_id, meta, data)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if is_disk_full(exc):
                 raise InsufficientStorage(
                     "the server's disk is full: the model was not stored (models already stored "
                     "are intact); ask the operator to free space"
@@ -239,10 +470,22 @@ class ModelRegistry:
     def delete(self, ref: str) -> ModelInfo:
         with self._lock:
             model = self.resolve(ref)
+            model_id = model.info.model_id
+            persisted = model_id not in self._ephemeral
+            if self.manifest is not None and persisted:
+                # Gone from the manifest first: a crash before the unlink leaves a file that
+                # is ignored at the next start, never a model that comes back.
+
+                def change(entries: dict[str, Entry], version: int) -> None:
+                    entries.pop(model_id, None)  # already gone (another replica): still fine
+
+                manifest = self._commit(change)
+                self._version = max(self._version, manifest.version)
             models = dict(self._models)
-            del models[model.info.model_id]
-            if self.store is not None:
-                self.store.delete(model.info.model_id)
+            del models[model_id]
+            self._ephemeral.discard(model_id)
+            if self.store is not None and persisted:
+                self.store.delete(model_id)
             self._models = models
         return model.info
 

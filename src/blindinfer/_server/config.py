@@ -50,7 +50,41 @@ class Settings(BaseModel):
         default_factory=dict, description="backend options (device paths, collateral URLs)"
     )
     owner_token: str | None = Field(
-        None, description="model owner's credential (generated and printed once if unset)"
+        None,
+        description="model owner's credential, simulation only (generated and printed once if "
+        "unset); a real TEE refuses it: see owner_token_sha256",
+    )
+    owner_token_sha256: str | None = Field(
+        None,
+        description="sha256 (hex) of the owner token; on a real TEE only from measured "
+        "configuration (Gramine manifest loader.env, Nitro image; SNP/TDX: must equal HOST_DATA/"
+        "MRCONFIGID)",
+    )
+    owner_resource: str | None = Field(
+        None, description="key broker resource whose released bytes are the owner token's sha256"
+    )
+    owner_initdata: Path | None = Field(
+        None,
+        description="CoCo initdata document measured into HOST_DATA/MRCONFIGID whose [data] "
+        "entry 'blindinfer-owner' is the owner token's sha256",
+    )
+    store_dir: Path | None = Field(
+        None,
+        description="the sealed model store, shared by replicas: STORE_DIR/models/ and "
+        "STORE_DIR/store-manifest.sealed [DATA_DIR]",
+    )
+    migrate_store: bool = Field(
+        False,
+        description="adopt sealed models found without a store manifest (once; automatic in "
+        "simulation)",
+    )
+    store_poll_seconds: float = Field(
+        2.0, ge=0, description="how often replicas re-read the shared store manifest (0: never)"
+    )
+    store_anchor_file: Path | None = Field(
+        None,
+        description="TESTS ONLY: a file as the store's version anchor (the host can roll a file "
+        "back; use a broker or vTPM anchor in production)",
     )
     run_token: str | None = Field(
         None, description="if set, running models also needs this token (or the owner's)"
@@ -102,6 +136,16 @@ class Settings(BaseModel):
     @classmethod
     def _sizes(cls, v: Any) -> Any:
         return parse_size(v) if isinstance(v, str) else v
+
+    @field_validator("owner_token_sha256")
+    @classmethod
+    def _sha256_hex(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 hex digits: the sha256 of the owner token")
+        return v
 
     @field_validator("tee")
     @classmethod

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import hashlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -25,40 +23,16 @@ from blindinfer._server._internals import http_protocol_class, load_config
 from blindinfer._server.app import build_app
 from blindinfer._server.coalesce import coalescing
 from blindinfer._server.config import Settings
+from blindinfer._server.owner import owner_digest
 from blindinfer._server.protocol import ConnectionLimits, guarded
 from blindinfer._server.state import Listener, ServerState
 from blindinfer._server.tls import generate_identity
+from blindinfer._storage.manifest import FileAnchor, StoreManifest, VersionAnchor
 from blindinfer._storage.sealed import SealedStore
-from blindinfer._storage.secrets import SealedSecret
 from blindinfer._tee import TeeBackend, create_backend
 from blindinfer.errors import ConfigError, StoreError
 
 log = logging.getLogger("blindinfer.server")
-
-OWNER_TOKEN_FILE = "owner-token.sealed"
-OWNER_TOKEN_PURPOSE = b"blindinfer-owner-token-v1"
-
-
-def _owner_token_digest(settings: Settings, sealing_key: bytes) -> tuple[bytes, str | None]:
-    """sha256 of the owner token, and the token itself when it was generated just now.
-
-    A generated token is kept only as a sealed hash (AES-GCM under the TEE sealing key): the
-    operator can neither read it nor swap in a hash of their own.
-    """
-    if settings.owner_token:
-        return hashlib.sha256(settings.owner_token.encode()).digest(), None
-    sealed = SealedSecret(settings.data_dir / OWNER_TOKEN_FILE, sealing_key, OWNER_TOKEN_PURPOSE)
-    if sealed.exists():
-        try:
-            return sealed.load(), None
-        except StoreError as exc:
-            raise ConfigError(
-                f"{exc}; remove it to generate a new owner token, or pass --owner-token"
-            ) from None
-    token = secrets.token_urlsafe(32)
-    digest = hashlib.sha256(token.encode()).digest()
-    sealed.create(digest)
-    return digest, token
 
 
 def enter_empty_directory(data_dir: Path) -> None:
@@ -75,20 +49,42 @@ def enter_empty_directory(data_dir: Path) -> None:
     os.chdir(empty)
 
 
+def _anchor(settings: Settings, backend: TeeBackend) -> VersionAnchor | None:
+    if settings.store_anchor_file is None:
+        return None
+    if not backend.insecure:
+        log.warning(
+            "store_anchor_file is a file on the host's disk: it does not stop an operator "
+            "rolling the store back (use a key broker or vTPM anchor)"
+        )
+    return FileAnchor(settings.store_anchor_file)
+
+
 def build_state(
-    settings: Settings, backend: TeeBackend | None = None
+    settings: Settings,
+    backend: TeeBackend | None = None,
+    *,
+    released_owner: Callable[[], bytes] | None = None,
+    anchor: VersionAnchor | None = None,
 ) -> tuple[ServerState, str | None]:
     """Everything but the sockets. Returns the state and a freshly generated owner token.
 
-    ``backend`` replaces the one ``settings.tee`` names (tests drive emulated devices)."""
+    ``backend`` replaces the one ``settings.tee`` names (tests drive emulated devices);
+    ``released_owner`` releases ``settings.owner_resource`` from the key broker; ``anchor`` is
+    the store's version anchor (else ``settings.store_anchor_file``, tests only)."""
     data_dir = settings.data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     if backend is None:
         backend = create_backend(settings.tee, data_dir, **settings.tee_options)
     sealing_key = backend.sealing_key()
+    # The owner first: a real TEE without a measured owner refuses before touching the store.
+    digest, new_token = owner_digest(settings, backend, sealing_key, released=released_owner)
     tls = generate_identity(settings.hostnames)
+    store_dir = (settings.store_dir or data_dir).resolve()
+    store = SealedStore(store_dir / "models", sealing_key)
+    manifest = StoreManifest(store_dir, sealing_key, anchor or _anchor(settings, backend))
     registry = ModelRegistry(
-        SealedStore(data_dir / "models", sealing_key),
+        store,
         EngineOptions(
             max_models=settings.max_models,
             max_model_size=settings.max_model_size,
@@ -97,18 +93,22 @@ def build_state(
             max_run_memory=settings.max_run_memory,
             max_load_seconds=settings.max_load_seconds,
         ),
+        manifest=manifest,
     )
 
     def progress(done: int, total: int, model_id: str) -> None:
         if total:
             log.info("loading stored models: %d/%d", done, total)
 
-    failed = registry.load_stored(progress)
+    try:
+        failed = registry.load_stored(progress, migrate=settings.migrate_store or backend.insecure)
+    except StoreError as exc:
+        raise ConfigError(f"the model store cannot be opened: {exc}") from None
     if failed:
         log.warning("%d stored model(s) could not be loaded and were left on disk", len(failed))
     if settings.demo_model and not any(i.name == DEMO_NAME for i in registry.list()):
         registry.add(demo_model_bytes(), name=DEMO_NAME, persist=False)
-    digest, new_token = _owner_token_digest(settings, sealing_key)
+    registry.start_sync(settings.store_poll_seconds)
     executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
     state = ServerState(settings, backend, registry, tls, digest, executor)
     state.evidence()  # fail at start-up, not on the first client, if the TEE cannot attest
@@ -268,6 +268,7 @@ def serve(settings: Settings) -> None:
     try:
         _run(serve_state(state, token))
     finally:
+        state.registry.stop_sync()
         state.registry.watchdog.stop_all("shutdown")
         state.executor.shutdown(wait=False, cancel_futures=True)
         state.attest_executor.shutdown(wait=False, cancel_futures=True)

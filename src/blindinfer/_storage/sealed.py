@@ -8,10 +8,19 @@ where ``record`` is a 4-byte big-endian length, that many bytes of JSON metadata
 model bytes. Binding the id into the AAD stops an operator from swapping two files. Files are
 written to a temporary name, fsynced and renamed, so a crash never leaves a half-written model
 and an upload never destroys what was stored before it.
+
+A sealed file only proves it was made by this TEE identity, not that it is current: which files
+are live is the sealed, versioned manifest's business (``manifest.py``), which lists each one by
+the sha256 of its bytes (``put`` returns it, ``get`` checks it). A writer holds an exclusive
+``flock`` on its temporary file, so a replica starting on a shared directory removes only the
+temporary files of writers that died, never one being written.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -54,17 +63,30 @@ class SealedStore:
         """A crash (or a full disk) mid-write leaves ``<id>.tmp``: never a stored model, since
         only a complete, fsynced file is renamed into place. Remove them at start."""
         for tmp in self.directory.glob("*.tmp"):
-            if _ID_RE.match(tmp.stem):
+            if not _ID_RE.match(tmp.stem):
+                continue
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process (a replica) is writing it right now
+            else:
                 tmp.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
 
     def _path(self, model_id: str) -> Path:
         if not _ID_RE.match(model_id):
             raise ValueError(f"invalid model id {model_id!r}")
         return self.directory / f"{model_id}{SUFFIX}"
 
-    def put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> None:
-        """Seal and store atomically. Encrypts in chunks straight to the file, so storing a
-        model costs no extra copy of it in memory (the output equals AESGCM.encrypt's)."""
+    def put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> str:
+        """Seal and store atomically; returns the sha256 (hex) of the sealed file's bytes.
+        Encrypts in chunks straight to the file, so storing a model costs no extra copy of it in
+        memory (the output equals AESGCM.encrypt's)."""
         header = json.dumps(dict(meta), sort_keys=True).encode()
         nonce = os.urandom(12)
         enc = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
@@ -72,24 +94,38 @@ class SealedStore:
         path = self._path(model_id)
         tmp = path.with_suffix(".tmp")
         view = memoryview(data)
+        digest = hashlib.sha256()
+
+        def write(f: Any, chunk: bytes) -> None:
+            digest.update(chunk)
+            f.write(chunk)
+
         try:
             with open(tmp, "wb") as f:
-                f.write(MAGIC + nonce)
-                f.write(enc.update(struct.pack(">I", len(header)) + header))
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # "being written": see _remove_stale_temps
+                write(f, MAGIC + nonce)
+                write(f, enc.update(struct.pack(">I", len(header)) + header))
                 for start in range(0, len(view), _CHUNK):
-                    f.write(enc.update(view[start : start + _CHUNK]))
-                f.write(enc.finalize())
-                f.write(enc.tag)
+                    write(f, enc.update(view[start : start + _CHUNK]))
+                write(f, enc.finalize())
+                write(f, enc.tag)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+                os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a full disk must not leave half a model behind
             raise
+        return digest.hexdigest()
 
-    def get(self, model_id: str) -> StoredModel:
+    def get(self, model_id: str, sha256: str | None = None) -> StoredModel:
+        """Unseal one model; with ``sha256`` (from the manifest), the file must be that one."""
         path = self._path(model_id)
         blob = path.read_bytes()
+        if sha256 is not None and not hmac.compare_digest(hashlib.sha256(blob).hexdigest(), sha256):
+            raise StoreError(
+                f"{path.name}: not the version the store manifest lists (an older or foreign "
+                "copy); not served"
+            )
         if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
             raise StoreError(f"{path.name}: not a blindinfer sealed model")
         nonce = blob[len(MAGIC) : len(MAGIC) + 12]
@@ -104,6 +140,10 @@ class SealedStore:
         (hlen,) = struct.unpack(">I", record[:4])
         meta = json.loads(record[4 : 4 + hlen])
         return StoredModel(model_id, meta, record[4 + hlen :])
+
+    def file_sha256(self, model_id: str) -> str:
+        """sha256 (hex) of a sealed file's bytes, for building a manifest from existing files."""
+        return hashlib.sha256(self._path(model_id).read_bytes()).hexdigest()
 
     def delete(self, model_id: str) -> None:
         self._path(model_id).unlink(missing_ok=True)
