@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import uuid
 from collections.abc import Mapping
@@ -22,7 +23,8 @@ from blindinfer._tee.configfs_tsm import (
     snp_collateral_from_auxblob,
     snp_report_data,
 )
-from blindinfer.errors import CollateralError
+from blindinfer.attestation import _snp as snp
+from blindinfer.errors import CollateralError, ConfigError
 from tests.tee.emulation import (
     SNP_REPORT_DATA,
     TDX_REPORT_DATA,
@@ -30,6 +32,7 @@ from tests.tee.emulation import (
     cert_table,
     patch,
 )
+from tests.tee.sev_guest_emulator import KEY_REQ, SevGuestEmulator
 
 RD = bytes(range(64))
 VCEK = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes
@@ -290,6 +293,129 @@ def test_sealing_key_from_env_file(
         "tdx", tdx_emulation(tmp_path / "r2", tdx_quote), sealing_key_file=tmp_path / "hex"
     )
     assert option.sealing_key() == key
+
+
+# --- SNP sealing key source ---------------------------------------------------------------------
+
+
+def test_snp_derived_sealing_key(tmp_path: Path, snp_report: bytes) -> None:
+    measurement = snp.parse_report(snp_report).measurement
+    guest = SevGuestEmulator(tmp_path / "sev-guest", measurement=measurement)
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    b = create_backend(
+        "sev-snp",
+        tmp_path / "d",
+        tsm_root=fs.root,
+        fs=fs,
+        key_source="derived",
+        sev_guest_device=str(guest.device),
+        sev_guest_ioctl=guest,
+    )
+    first = b.sealing_key()
+    assert len(first) == 32
+    assert b.sealing_key() == first
+    root, _, select, vmpl, _, _ = KEY_REQ.unpack(guest.requests[0])
+    assert (root, select, vmpl) == (0, 0b1001, 0)  # VCEK, MEASUREMENT | GUEST_POLICY, VMPL 0
+    # another image (measurement) on the same chip: another key
+    other = SevGuestEmulator(tmp_path / "other", measurement=bytes(48))
+    b2 = backend(
+        "sev-snp", fs, key_source="derived", sev_guest_device=other.device, sev_guest_ioctl=other
+    )
+    assert b2.sealing_key() != first
+
+
+def test_snp_derived_key_options_from_the_command_line(tmp_path: Path, snp_report: bytes) -> None:
+    guest = SevGuestEmulator(tmp_path / "sev-guest", current_vmpl=1)
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    b = create_backend(
+        "sev-snp",
+        tmp_path / "d",
+        tsm_root=str(fs.root),
+        fs=fs,
+        key_source="derived",
+        sev_guest_device=str(guest.device),
+        sev_guest_ioctl=guest,
+        privlevel="1",
+        key_fields="measurement,tcb_version",
+        key_tcb_version="0x0000000000000303",
+    )
+    assert len(b.sealing_key()) == 32
+    assert KEY_REQ.unpack(guest.requests[0]) == (0, 0, 0b101000, 1, 0, 0x303)
+
+
+def test_snp_derived_key_refuses_bad_options(tmp_path: Path, snp_report: bytes) -> None:
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    with pytest.raises(ConfigError, match="key_source"):
+        backend("sev-snp", fs, key_source="broker")
+    with pytest.raises(ConfigError, match="unknown SNP derived-key field"):
+        backend("sev-snp", fs, key_source="derived", key_fields="measurement,chip_id")
+    with pytest.raises(ConfigError, match="root_key"):
+        backend("sev-snp", fs, key_source="derived", key_root="ark")
+    with pytest.raises(ConfigError, match="key_tcb_version must be an integer"):
+        create_backend("sev-snp", tmp_path, tsm_root=fs.root, fs=fs, key_tcb_version="new")
+
+
+def test_tdx_has_no_derived_key(tmp_path: Path, tdx_quote: bytes) -> None:
+    with pytest.raises(BackendUnavailable, match="SNP only"):
+        backend("tdx", tdx_emulation(tmp_path / "r", tdx_quote), key_source="derived")
+
+
+def test_snp_derived_key_without_the_device(tmp_path: Path, snp_report: bytes) -> None:
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    b = backend("sev-snp", fs, key_source="derived", sev_guest_device=tmp_path / "absent")
+    with pytest.raises(BackendUnavailable, match=r"no .*absent"):
+        b.sealing_key()
+
+
+def test_snp_derived_key_firmware_refusal(tmp_path: Path, snp_report: bytes) -> None:
+    guest = SevGuestEmulator(tmp_path / "sev-guest", current_vmpl=2)  # under an SVSM
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    b = backend(
+        "sev-snp", fs, key_source="derived", sev_guest_device=guest.device, sev_guest_ioctl=guest
+    )  # asks for VMPL 0: below the guest's
+    with pytest.raises(BackendUnavailable, match="status 0x16 SEV_RET_INVALID_PARAM"):
+        b.sealing_key()
+
+
+def test_snp_file_key_warns_once_at_start(
+    tmp_path: Path,
+    snp_report: bytes,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = bytes(range(32))
+    (tmp_path / "key").write_bytes(key)
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    with caplog.at_level(logging.WARNING, logger="blindinfer._tee.configfs_tsm"):
+        b = create_backend(
+            "sev-snp", tmp_path / "d", tsm_root=fs.root, fs=fs, sealing_key_file=tmp_path / "key"
+        )
+        assert b.sealing_key() == key
+        assert b.sealing_key() == key
+    warnings = [r for r in caplog.records if "development only" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "the sealing key comes from a file the operator supplies" in warnings[0].getMessage()
+    assert key.hex() not in caplog.text
+    assert b.key_source == "file"  # still the default
+
+
+def test_snp_derived_key_does_not_warn_nor_log_the_key(
+    tmp_path: Path, snp_report: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    guest = SevGuestEmulator(tmp_path / "sev-guest")
+    fs = snp_emulation(tmp_path / "report", snp_report)
+    with caplog.at_level(logging.DEBUG):
+        b = backend(
+            "sev-snp",
+            fs,
+            key_source="derived",
+            sev_guest_device=guest.device,
+            sev_guest_ioctl=guest,
+        )
+        key = b.sealing_key()
+    assert "development only" not in caplog.text
+    assert key.hex() not in caplog.text
 
 
 def test_string_options_from_the_command_line(tmp_path: Path, snp_report: bytes) -> None:

@@ -15,9 +15,12 @@ Each request uses a fresh uniquely named entry that is removed afterwards. File 
 through :class:`OsTsmFs` (plain ``os`` calls on the real paths); tests substitute an emulation of
 the configfs semantics, which regular files cannot have.
 
-Neither TDX nor configfs-tsm offers a sealing key: on TDX and SNP the model store's key must come
-from a key broker that releases it after verifying this TEE's evidence. Until one is wired in,
-the key is read from ``BLINDINFER_SEALING_KEY_FILE`` (see :func:`.base.load_sealing_key_file`).
+Neither TDX nor configfs-tsm offers a sealing key. On TDX the model store's key must come from a
+key broker that releases it after verifying this TEE's evidence; until one is wired in, it is
+read from ``BLINDINFER_SEALING_KEY_FILE`` (see :func:`.base.load_sealing_key_file`). On SNP,
+``key_source`` chooses: ``"file"`` (the default, development only: the operator supplies the
+key) or ``"derived"``, a key the SNP firmware derives from the chip's VCEK and this VM's launch
+measurement and policy (``SNP_GET_DERIVED_KEY`` on ``/dev/sev-guest``, see :mod:`.sev_guest`).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from blindinfer._collateral import CollateralProvider, collect, provider_from_options
+from blindinfer._tee import sev_guest
 from blindinfer._tee.base import BackendUnavailable, load_sealing_key_file
 from blindinfer.attestation import _snp as snp
 from blindinfer.attestation import _tdx as tdx
 from blindinfer.attestation._claims import Evidence
-from blindinfer.errors import AttestationError, GenerationConflict
+from blindinfer.errors import AttestationError, ConfigError, GenerationConflict
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,12 @@ _VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes
 _ASK_GUID = uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782").bytes
 _ARK_GUID = uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae").bytes
 _CERT_ENTRY = struct.Struct("<16sII")
+
+KEY_SOURCES = ("derived", "file")
+FILE_KEY_WARNING = (
+    "the sealing key comes from a file the operator supplies: development only"
+    " (use key_source=derived, or a key broker, in production)"
+)
 
 
 class TsmFs(Protocol):
@@ -151,11 +161,51 @@ class ConfigfsTsmBackend:
         sealing_key_file: str | os.PathLike[str] | None = None,
         privlevel: int | None = None,
         retries: int = 3,
+        key_source: str = "file",
+        sev_guest_device: str | os.PathLike[str] = sev_guest.DEVICE,
+        sev_guest_ioctl: sev_guest.IoctlFn | None = None,
+        key_root: str = "vcek",
+        key_fields: tuple[str, ...] | str = sev_guest.DEFAULT_FIELDS,
+        key_guest_svn: int = 0,
+        key_tcb_version: int = 0,
     ) -> None:
         if name not in _FLAVOURS:
             raise BackendUnavailable(f"configfs-tsm serves tdx or sev-snp, not {name!r}")
         self.name = name
         self.kind, self.provider = _FLAVOURS[name]
+        if key_source not in KEY_SOURCES:
+            raise ConfigError(
+                f"key_source must be one of {', '.join(KEY_SOURCES)}, not {key_source!r}"
+            )
+        if key_source == "derived" and self.kind != "snp":
+            raise BackendUnavailable(
+                f"--tee {name} has no hardware-derived sealing key (key_source=derived is SNP"
+                " only): supply the key through a key broker (sealing_key_file)"
+            )
+        self.key_source = key_source
+        self._sev_guest_device = os.fspath(sev_guest_device)
+        self._sev_guest_ioctl = sev_guest_ioctl
+        self._key_root = key_root
+        self._key_fields = (
+            tuple(f.strip() for f in key_fields.split(",") if f.strip())
+            if isinstance(key_fields, str)
+            else tuple(key_fields)
+        )
+        self._key_guest_svn = key_guest_svn
+        self._key_tcb_version = key_tcb_version
+        if key_source == "derived":
+            try:  # refuse bad names now, not when the store is first opened
+                sev_guest.build_request(
+                    root_key=key_root,
+                    fields=self._key_fields,
+                    vmpl=privlevel or 0,
+                    guest_svn=key_guest_svn,
+                    tcb_version=key_tcb_version,
+                )
+            except ValueError as exc:
+                raise ConfigError(f"SNP derived sealing key: {exc}") from None
+        elif self.kind == "snp":
+            log.warning("%s", FILE_KEY_WARNING)
         self.tsm_root = tsm_root
         self._fs = fs or OsTsmFs()
         self._collateral = collateral
@@ -272,6 +322,25 @@ class ConfigfsTsmBackend:
         return Evidence(kind=self.kind, evidence=outblob, collateral=collateral)
 
     def sealing_key(self) -> bytes:
+        """The model store's 32-byte key (never logged).
+
+        ``key_source="derived"`` (SNP): the firmware derives it from the VCEK (chip-bound) with
+        this VM's launch MEASUREMENT and guest POLICY mixed in (``key_fields``), at the VMPL of
+        ``privlevel`` (default 0). Otherwise the operator's file (see load_sealing_key_file).
+        """
+        if self.key_source == "derived":
+            kwargs: dict[str, Any] = {}
+            if self._sev_guest_ioctl is not None:
+                kwargs["ioctl"] = self._sev_guest_ioctl
+            return sev_guest.derived_key(
+                device=self._sev_guest_device,
+                root_key=self._key_root,
+                fields=self._key_fields,
+                guest_svn=self._key_guest_svn,
+                tcb_version=self._key_tcb_version,
+                vmpl=self._privlevel or 0,
+                **kwargs,
+            )
         return load_sealing_key_file(self._sealing_key_file, self.kind.upper())
 
 
@@ -281,7 +350,9 @@ def create(name: str, data_dir: Path, **options: Any) -> ConfigfsTsmBackend:
     Options: ``tsm_root`` (Path), ``fs`` (TsmFs), ``collateral`` (a CollateralProvider; default:
     PCCS/PCS for TDX, AMD KDS for SNP, cached under ``<data-dir>/collateral/``, configured by
     ``pccs_url`` / ``amd_product`` / ``kds_url``), ``sealing_key_file``, ``privlevel`` (SNP
-    VMPL), ``retries``.
+    VMPL), ``retries``; SNP sealing: ``key_source`` ("file" | "derived"), ``sev_guest_device``,
+    ``sev_guest_ioctl`` (tests), ``key_root`` ("vcek" | "vmrk"), ``key_fields`` (comma-separated
+    GUEST_FIELD_SELECT names), ``key_guest_svn``, ``key_tcb_version`` (integers, ``0x`` allowed).
     """
     if name not in _FLAVOURS:
         raise BackendUnavailable(f"configfs-tsm serves tdx or sev-snp, not {name!r}")
@@ -292,6 +363,12 @@ def create(name: str, data_dir: Path, **options: Any) -> ConfigfsTsmBackend:
     for key in ("privlevel", "retries"):
         if options.get(key) is not None:
             options[key] = int(options[key])
+    for key in ("key_guest_svn", "key_tcb_version"):  # TCB versions read best in hex
+        if isinstance(options.get(key), str):
+            try:
+                options[key] = int(options[key], 0)
+            except ValueError:
+                raise ConfigError(f"{key} must be an integer, not {options[key]!r}") from None
     backend = ConfigfsTsmBackend(name, **options)
     backend.probe()
     return backend
