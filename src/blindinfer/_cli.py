@@ -107,6 +107,29 @@ def serve(
             help="model owner token (env BLINDINFER_OWNER_TOKEN); generated once if unset"
         ),
     ] = None,
+    owner_token_sha256: Annotated[
+        str | None,
+        typer.Option(help="sha256 (hex) of the owner token; real TEEs: measured config only"),
+    ] = None,
+    owner_resource: Annotated[
+        str | None, typer.Option(help="key broker resource holding the owner token's sha256")
+    ] = None,
+    owner_initdata: Annotated[
+        Path | None, typer.Option(help="CoCo initdata measured in HOST_DATA/MRCONFIGID")
+    ] = None,
+    store_dir: Annotated[
+        Path | None, typer.Option(help="model store, shareable by replicas [DATA_DIR]")
+    ] = None,
+    migrate_store: Annotated[
+        bool | None,
+        typer.Option("--migrate-store", help="adopt sealed models found without a manifest"),
+    ] = None,
+    store_poll_seconds: Annotated[
+        float | None, typer.Option(help="re-read the shared store every N s, 0: never [2]")
+    ] = None,
+    store_anchor_file: Annotated[
+        Path | None, typer.Option(help="TESTS ONLY: a file as the store's version anchor")
+    ] = None,
     run_token: Annotated[
         str | None, typer.Option(help="require this token (or the owner's) to run models")
     ] = None,
@@ -175,6 +198,13 @@ def serve(
         "data_dir": data_dir,
         "tee": tee,
         "owner_token": owner_token,
+        "owner_token_sha256": owner_token_sha256,
+        "owner_resource": owner_resource,
+        "owner_initdata": owner_initdata,
+        "store_dir": store_dir,
+        "migrate_store": migrate_store,
+        "store_poll_seconds": store_poll_seconds,
+        "store_anchor_file": store_anchor_file,
         "run_token": run_token,
         "hostnames": hostname or None,
         "demo_model": demo_model,
