@@ -4,6 +4,7 @@ TEE backend: used where the backend drives an emulated device that lives in the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,10 +31,19 @@ def inprocess_server(
     data_dir: Path, backend: TeeBackend, **settings: Any
 ) -> Iterator[InProcessServer]:
     port = free_port()
-    conf = Settings(
-        data_dir=data_dir, port=port, owner_token=OWNER_TOKEN, log_level="warning", **settings
-    )
-    state, _ = build_state(conf, backend=backend)
+    released = None
+    if backend.insecure:
+        settings.setdefault("owner_token", OWNER_TOKEN)
+    else:
+        # A real TEE takes its owner only from measured configuration or a key broker: here a
+        # stand-in broker release of the test token's hash.
+        settings.setdefault("owner_resource", "test/owner/sha256")
+
+        def released() -> bytes:
+            return hashlib.sha256(OWNER_TOKEN.encode()).digest()
+
+    conf = Settings(data_dir=data_dir, port=port, log_level="warning", **settings)
+    state, _ = build_state(conf, backend=backend, released_owner=released)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     failure: list[BaseException] = []
