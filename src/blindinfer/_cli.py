@@ -133,6 +133,12 @@ def serve(
     run_token: Annotated[
         str | None, typer.Option(help="require this token (or the owner's) to run models")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics on plain HTTP (unattested) [off]")
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="address of the metrics port [127.0.0.1]")
+    ] = None,
     hostname: Annotated[
         list[str] | None, typer.Option(help="extra name for the certificate SAN (repeatable)")
     ] = None,
@@ -206,6 +212,8 @@ def serve(
         "store_poll_seconds": store_poll_seconds,
         "store_anchor_file": store_anchor_file,
         "run_token": run_token,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
         "hostnames": hostname or None,
         "demo_model": demo_model,
         "max_model_size": max_model_size,

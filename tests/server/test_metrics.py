@@ -67,3 +67,25 @@ def test_metrics_object_counts_failures_per_model() -> None:
     assert m.model_stats("a").success.count == 1 and m.model_stats("a").fail.count == 1
     m.forget("a")
     assert m.model_stats("a").success.count == 0
+
+
+def test_metrics_port_on_a_real_server_process(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests._server import free_port, running_server
+
+    port = free_port()
+    with running_server(tmp_path, "--metrics-port", str(port)) as srv:
+        with blindinfer.connect(srv.url, simulation_mode=True) as conn:
+            for _ in range(3):
+                conn.run_model("demo", np.full((1, 4), SECRET_INPUT, np.float32))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            assert resp.status == 200 and resp.headers["content-type"].startswith("text/plain")
+            text = resp.read().decode()
+        for path in ("/v2", "/blindinfer/v1/attestation", "/v2/models/demo/infer"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+            assert err.value.code == 404
+    assert 'blindinfer_requests_total{api="native",route="infer",status="2xx"} 3.0' in text
+    assert "blindinfer_evidence_age_seconds" in text and "4242" not in text

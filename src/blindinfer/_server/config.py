@@ -128,6 +128,13 @@ class Settings(BaseModel):
         "127.0.0.1", description="address of the BlindAI management port (no auth there!)"
     )
     log_level: str = Field("info", description="debug, info, warning, error")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Prometheus metrics on plain HTTP, unattested by design (off if unset)",
+    )
+    metrics_host: str = Field("127.0.0.1", description="address of the metrics port")
 
     @field_validator(
         "max_model_size", "max_request_size", "max_json_request_size", "max_run_memory",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from blindinfer._server._internals import http_protocol_class, load_config
 from blindinfer._server.app import build_app
 from blindinfer._server.coalesce import coalescing
 from blindinfer._server.config import Settings
+from blindinfer._server.metrics import metrics_app
 from blindinfer._server.owner import owner_digest
 from blindinfer._server.protocol import ConnectionLimits, guarded
 from blindinfer._server.state import Listener, ServerState
@@ -140,6 +142,19 @@ def listeners(state: ServerState) -> list[Listener]:
         from blindinfer._server.compat import build_compat_listeners
 
         out.extend(build_compat_listeners(state))
+    if s.metrics_port is not None:
+        app = metrics_app(state.metrics, state.update_gauges)
+        limits = dataclasses.replace(connection_limits(s), direct_body_max=0)
+        out.append(
+            Listener(
+                "metrics",
+                app,
+                s.metrics_host,
+                s.metrics_port,
+                None,
+                http_protocol=guarded(http_protocol_class(), limits),
+            )
+        )
     return out
 
 
