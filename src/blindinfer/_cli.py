@@ -114,6 +114,19 @@ def serve(
     owner_resource: Annotated[
         str | None, typer.Option(help="key broker resource holding the owner token's sha256")
     ] = None,
+    key_broker: Annotated[
+        str | None,
+        typer.Option(help="sealing key from a Trustee KBS URL or 'cdh', after attestation"),
+    ] = None,
+    key_resource: Annotated[
+        str | None,
+        typer.Option(
+            help="key broker resource of the sealing key [default/blindinfer/sealing-key]"
+        ),
+    ] = None,
+    key_broker_ca_file: Annotated[
+        Path | None, typer.Option(help="CA the KBS's TLS certificate must chain to")
+    ] = None,
     owner_initdata: Annotated[
         Path | None, typer.Option(help="CoCo initdata measured in HOST_DATA/MRCONFIGID")
     ] = None,
@@ -206,6 +219,9 @@ def serve(
         "owner_token": owner_token,
         "owner_token_sha256": owner_token_sha256,
         "owner_resource": owner_resource,
+        "key_broker": key_broker,
+        "key_resource": key_resource,
+        "key_broker_ca_file": key_broker_ca_file,
         "owner_initdata": owner_initdata,
         "store_dir": store_dir,
         "migrate_store": migrate_store,

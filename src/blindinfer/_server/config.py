@@ -63,6 +63,18 @@ class Settings(BaseModel):
     owner_resource: str | None = Field(
         None, description="key broker resource whose released bytes are the owner token's sha256"
     )
+    key_broker: str | None = Field(
+        None,
+        description="where the sealing key comes from after attestation: a Trustee KBS URL or "
+        "'cdh' (Confidential Containers data hub); unset: the backend's own key",
+    )
+    key_resource: str = Field(
+        "default/blindinfer/sealing-key",
+        description="the key broker resource (repository/type/tag) holding the sealing key",
+    )
+    key_broker_ca_file: Path | None = Field(
+        None, description="CA certificate(s) the KBS's TLS certificate must chain to"
+    )
     owner_initdata: Path | None = Field(
         None,
         description="CoCo initdata document measured into HOST_DATA/MRCONFIGID whose [data] "

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import uvicorn
 
 from blindinfer._engine.demo import DEMO_NAME, demo_model_bytes
 from blindinfer._engine.registry import EngineOptions, ModelRegistry
+from blindinfer._keys import release_key
 from blindinfer._server._internals import http_protocol_class, load_config
 from blindinfer._server.app import build_app
 from blindinfer._server.coalesce import coalescing
@@ -62,6 +64,31 @@ def _anchor(settings: Settings, backend: TeeBackend) -> VersionAnchor | None:
     return FileAnchor(settings.store_anchor_file)
 
 
+def _broker_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.key_broker_ca_file is None:
+        return None
+    return ssl.create_default_context(cafile=str(settings.key_broker_ca_file))
+
+
+def _sealing_key(settings: Settings, backend: TeeBackend) -> bytes:
+    """The store key: released by the key broker after attestation when one is configured,
+    else the backend's own (SGX: MRENCLAVE-bound; SNP: derived or file; TDX/Nitro: a file)."""
+    if settings.key_broker:
+        log.info("sealing key: from the key broker after attestation (%s)", settings.key_resource)
+        return release_key(
+            settings.key_broker,
+            settings.key_resource,
+            backend,
+            context=_broker_context(settings),
+        )
+    if backend.kind in ("tdx", "nitro"):
+        log.warning(
+            "the sealing key comes from a file the operator supplies: development only; use "
+            "--key-broker (a Trustee KBS or 'cdh') in production"
+        )
+    return backend.sealing_key()
+
+
 def build_state(
     settings: Settings,
     backend: TeeBackend | None = None,
@@ -78,7 +105,14 @@ def build_state(
     data_dir.mkdir(parents=True, exist_ok=True)
     if backend is None:
         backend = create_backend(settings.tee, data_dir, **settings.tee_options)
-    sealing_key = backend.sealing_key()
+    sealing_key = _sealing_key(settings, backend)
+    if released_owner is None and settings.key_broker and settings.owner_resource:
+        broker, resource = settings.key_broker, settings.owner_resource
+        context = _broker_context(settings)
+
+        def released_owner() -> bytes:
+            return release_key(broker, resource, backend, context=context)
+
     # The owner first: a real TEE without a measured owner refuses before touching the store.
     digest, new_token = owner_digest(settings, backend, sealing_key, released=released_owner)
     tls = generate_identity(settings.hostnames)
