@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SYSDEPS := $(VENV)/.system-deps
 
 .PHONY: install serve test lint typecheck pytest bench clean
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml scripts/blindai-venv.sh
 
 install: $(STAMP)
 
+# System packages only the tests need (haproxy, kubectl): not needed to serve.
+$(SYSDEPS): scripts/system-deps.sh | $(STAMP)
+	sh scripts/system-deps.sh
+	touch $(SYSDEPS)
+
 serve: install
 	$(BIN)/blindinfer serve $(ARGS)
 
@@ -27,7 +33,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install $(SYSDEPS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
