@@ -49,7 +49,7 @@ _TABLE = (
     Kind(
         "tdx",
         "blindinfer.attestation._tdx",
-        {"tdx": "blindinfer._tee.configfs_tsm"},
+        {"tdx": "blindinfer._tee.configfs_tsm", "coco-tdx": "blindinfer._tee.coco"},
         "blindinfer._collateral:dcap_provider",
     ),
     Kind(

@@ -155,3 +155,36 @@ def test_attestation_agent_refusals(pki: DcapTestPki) -> None:
         pytest.raises(BackendUnavailable, match=r"refused the evidence request: 500 tsm busy"),
     ):
         AttestationAgentEvidence(base=api.url, timeout=5).get_evidence(bytes(64))
+
+
+def test_coco_tdx_server_end_to_end(pki: DcapTestPki, tmp_path: Path) -> None:
+    """``--tee coco-tdx --key-broker KBS``: the server's evidence comes from the attestation
+    agent, its sealing key from the KBS after that evidence passed; the SDK then attests it."""
+    import numpy as np
+
+    from blindinfer import connect
+    from blindinfer._tee.coco import create as create_coco
+    from tests._inproc import inprocess_server
+
+    collateral = pki.collateral(datetime.now(UTC))
+    policy = Policy.from_mapping({"tdx": {"mrtd": TDX_MRTD}})
+    kbs = KbsDouble(
+        policy,
+        {"default/blindinfer/sealing-key": KEY},
+        roots={"tdx": [pki.root_der]},
+        collateral=lambda ev: {"dcap": collateral},
+    )
+    with aa_tdx(pki) as api, kbs:
+        backend = create_coco(
+            "coco-tdx", tmp_path, aa_url=api.url, collateral=lambda raw: {"dcap": collateral}
+        )
+        with (
+            inprocess_server(tmp_path / "d", backend, key_broker=kbs.url) as srv,
+            connect(srv.url, {"tdx": {"mrtd": TDX_MRTD}}, trust_roots={"tdx": [pki.root_der]}) as c,
+        ):
+            assert c.claims.kind == "tdx"
+            out = c.run_model("demo", np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))
+            assert out["probabilities"].shape == (1, 3)
+        assert kbs.released == ["default/blindinfer/sealing-key"]
+    with pytest.raises(BackendUnavailable, match="no sealing key of its own"):
+        backend.sealing_key()

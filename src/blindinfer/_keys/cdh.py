@@ -43,15 +43,14 @@ from typing import Any
 
 from blindinfer._keys._http import exchange
 from blindinfer._keys.kbs import parse_resource
+from blindinfer.attestation import _sgx, _tdx
 from blindinfer.attestation._claims import Evidence
-from blindinfer.attestation._dcap import parse_layout
 from blindinfer.errors import BackendUnavailable, EvidenceError
 
 __all__ = ["CDH_DEFAULT_BASE", "AttestationAgentEvidence", "fetch_resource_cdh"]
 
 CDH_DEFAULT_BASE = "http://127.0.0.1:8006"
 _AA_KINDS = {"tdx": "tdx", "sgx": "sgx"}
-_REPORT_DATA_AT = {0x00: 320, 0x81: 520}  # SGX report body, TD report body
 
 
 def fetch_resource_cdh(
@@ -151,19 +150,15 @@ class AttestationAgentEvidence:
                 f"attestation agent {self.kind} evidence is not the expected JSON"
                 " with a base64 quote"
             ) from None
+        # The verifier's own layout parse locates REPORTDATA (and refuses another TEE's quote).
+        parse = _tdx.quote_report_data if self.kind == "tdx" else _sgx.quote_report_data
         try:
-            layout = parse_layout(quote)
+            found = parse(quote)
         except EvidenceError as exc:
             raise BackendUnavailable(
-                f"attestation agent returned an unusable quote: {exc}"
+                f"attestation agent returned an unusable {self.kind} quote: {exc}"
             ) from exc
-        at = _REPORT_DATA_AT.get(layout.tee_type)
-        want_tee = 0x81 if self.kind == "tdx" else 0x00
-        if at is None or layout.tee_type != want_tee:
-            raise BackendUnavailable(
-                f"attestation agent returned a quote of another TEE than {self.kind}"
-            )
-        if layout.body[at : at + 64] != report_data:
+        if found != report_data:
             raise BackendUnavailable(
                 "attestation agent's quote does not carry the requested report_data (an"
                 " api-server-rest without encoding=base64 support takes the text, not the bytes)"
