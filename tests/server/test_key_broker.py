@@ -93,3 +93,51 @@ def test_a_server_whose_evidence_fails_the_broker_policy_gets_no_key(tmp_path: P
     assert not (tmp_path / "d" / "models").exists() or not any(
         (tmp_path / "d" / "models").iterdir()
     )
+
+
+class _FileKeyBackend:
+    """A real-TEE-shaped backend whose sealing key comes from a file (TDX, Nitro)."""
+
+    insecure = False
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.name = kind, kind
+
+    def sealing_key(self) -> bytes:
+        return KEY
+
+
+@pytest.mark.parametrize("kind", ["tdx", "nitro"])
+def test_a_key_file_on_a_real_tee_warns_and_never_logs_the_key(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from blindinfer._server.runner import _sealing_key
+
+    conf = Settings(data_dir=tmp_path, port=0, log_level="warning")
+    with caplog.at_level("INFO", logger="blindinfer.server"):
+        assert _sealing_key(conf, _FileKeyBackend(kind)) == KEY  # type: ignore[arg-type]
+    assert "development only" in caplog.text and "--key-broker" in caplog.text
+    assert KEY.hex() not in caplog.text and repr(KEY) not in caplog.text
+
+
+def test_with_a_broker_the_backend_key_is_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from blindinfer._server import runner
+
+    seen: list[tuple[str, str]] = []
+
+    def release(broker: str, resource: str, backend: object, **_: object) -> bytes:
+        seen.append((broker, resource))
+        return KEY
+
+    class NoKey(_FileKeyBackend):
+        def sealing_key(self) -> bytes:
+            raise AssertionError("the file key must not be read when a broker is configured")
+
+    monkeypatch.setattr(runner, "release_key", release)
+    conf = Settings(data_dir=tmp_path, port=0, key_broker="cdh", log_level="warning")
+    with caplog.at_level("INFO", logger="blindinfer.server"):
+        assert runner._sealing_key(conf, NoKey("tdx")) == KEY  # type: ignore[arg-type]
+    assert seen == [("cdh", "default/blindinfer/sealing-key")]
+    assert "development only" not in caplog.text and KEY.hex() not in caplog.text
