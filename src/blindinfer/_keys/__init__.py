@@ -14,7 +14,7 @@ import ssl
 
 from blindinfer._keys.cdh import CDH_DEFAULT_BASE, AttestationAgentEvidence, fetch_resource_cdh
 from blindinfer._keys.kbs import fetch_resource
-from blindinfer._tee.base import TeeBackend
+from blindinfer._tee.base import TeeBackend, key32
 from blindinfer.errors import BackendUnavailable
 
 __all__ = [
@@ -50,15 +50,8 @@ def release_key(
         raise BackendUnavailable(
             f"key broker must be a KBS URL (https://...) or 'cdh', not {broker!r}"
         )
-    if len(raw) == 32:
-        return bytes(raw)
-    key = b""
-    if len(raw) <= 80:
-        try:
-            key = bytes.fromhex(raw.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            key = b""
-    if len(key) != 32:
+    key = key32(raw)
+    if key is None:
         raise BackendUnavailable(
             f"key resource {resource} is not a sealing key: it must hold exactly 32 bytes or 64"
             f" hex digits (it holds {len(raw)} bytes)"

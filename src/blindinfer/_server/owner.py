@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from blindinfer._server.config import Settings
 from blindinfer._storage.secrets import SealedSecret
-from blindinfer._tee.base import TeeBackend
+from blindinfer._tee.base import TeeBackend, key32
 from blindinfer.errors import BlindInferError, ConfigError, StoreError
 
 OWNER_TOKEN_FILE = "owner-token.sealed"
@@ -150,13 +150,8 @@ def _measured(
 
 
 def _digest_bytes(raw: bytes) -> bytes:
-    if len(raw) == 32:
-        return bytes(raw)
-    try:
-        digest = bytes.fromhex(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        digest = b""
-    if len(digest) != 32:
+    digest = key32(raw)
+    if digest is None:
         raise ConfigError("the released owner hash must be 32 bytes or 64 hex digits")
     return digest
 

@@ -9,7 +9,13 @@ from typing import Protocol
 from blindinfer.attestation._claims import Evidence
 from blindinfer.errors import BackendUnavailable
 
-__all__ = ["SEALING_KEY_ENV", "BackendUnavailable", "TeeBackend", "load_sealing_key_file"]
+__all__ = [
+    "SEALING_KEY_ENV",
+    "BackendUnavailable",
+    "TeeBackend",
+    "key32",
+    "load_sealing_key_file",
+]
 
 SEALING_KEY_ENV = "BLINDINFER_SEALING_KEY_FILE"
 
@@ -56,14 +62,24 @@ def load_sealing_key_file(path: str | os.PathLike[str] | None, tee: str) -> byte
         raw = Path(name).read_bytes()
     except OSError as exc:
         raise BackendUnavailable(f"cannot read the sealing key file {name}: {exc}") from exc
-    if len(raw) == 32:
-        return raw
-    try:
-        key = bytes.fromhex(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) != 32:
+    key = key32(raw)
+    if key is None:
         raise BackendUnavailable(
             f"sealing key file {name} must hold exactly 32 bytes (or 64 hex digits)"
         )
     return key
+
+
+def key32(raw: bytes) -> bytes | None:
+    """32 raw bytes, or 64 hex digits (surrounding whitespace allowed), as 32 bytes; else None.
+
+    The one reading of a key or digest handed over as a file or a key broker resource."""
+    if len(raw) == 32:
+        return bytes(raw)
+    if len(raw) > 80:  # never decode a large blob to find out it is not a key
+        return None
+    try:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return key if len(key) == 32 else None
