@@ -1,6 +1,7 @@
 #!/bin/sh
-# System packages the test suite needs beyond Python: haproxy (tests/scale, a real L4 balancer)
-# and kubectl (tests/deploy, `kubectl kustomize`), from Debian. Idempotent: installs only what
+# System packages the test suite needs beyond Python: haproxy (tests/scale, a real L4 balancer),
+# kubectl (tests/deploy, `kubectl kustomize`) and swtpm (tests/storage, a real software TPM for
+# the NV-counter store anchor), from Debian. Idempotent: installs only what
 # is missing, and keeps a kubectl already on PATH (e.g. from the Google Cloud SDK, whose
 # package owns /usr/bin/kubectl and would conflict with Debian's kubernetes-client).
 # Needs root (or sudo) only when something is missing.
@@ -13,9 +14,12 @@ fi
 if ! command -v kubectl >/dev/null 2>&1; then
     missing="$missing kubernetes-client"
 fi
+if ! command -v swtpm >/dev/null 2>&1; then
+    missing="$missing swtpm swtpm-tools"
+fi
 
 if [ -z "$missing" ]; then
-    echo "system-deps: haproxy and kubectl already installed"
+    echo "system-deps: haproxy, kubectl and swtpm already installed"
     exit 0
 fi
 

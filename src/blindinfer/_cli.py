@@ -140,6 +140,9 @@ def serve(
     store_poll_seconds: Annotated[
         float | None, typer.Option(help="re-read the shared store every N s, 0: never [2]")
     ] = None,
+    store_anchor: Annotated[
+        str | None, typer.Option(help="manifest version anchor: tpm:<NV index>[@/dev/tpmrm0]")
+    ] = None,
     store_anchor_file: Annotated[
         Path | None, typer.Option(help="TESTS ONLY: a file as the store's version anchor")
     ] = None,
@@ -226,6 +229,7 @@ def serve(
         "store_dir": store_dir,
         "migrate_store": migrate_store,
         "store_poll_seconds": store_poll_seconds,
+        "store_anchor": store_anchor,
         "store_anchor_file": store_anchor_file,
         "run_token": run_token,
         "metrics_port": metrics_port,

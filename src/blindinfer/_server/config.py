@@ -93,6 +93,11 @@ class Settings(BaseModel):
     store_poll_seconds: float = Field(
         2.0, ge=0, description="how often replicas re-read the shared store manifest (0: never)"
     )
+    store_anchor: str | None = Field(
+        None,
+        description="a monotonic anchor for the store manifest version: tpm:<NV index>[@device] "
+        "(a (v)TPM NV counter, e.g. tpm:0x01800010@/dev/tpmrm0)",
+    )
     store_anchor_file: Path | None = Field(
         None,
         description="TESTS ONLY: a file as the store's version anchor (the host can roll a file "

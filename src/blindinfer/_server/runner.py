@@ -54,6 +54,15 @@ def enter_empty_directory(data_dir: Path) -> None:
 
 
 def _anchor(settings: Settings, backend: TeeBackend) -> VersionAnchor | None:
+    if settings.store_anchor is not None:
+        if settings.store_anchor_file is not None:
+            raise ConfigError("give either store_anchor or store_anchor_file, not both")
+        from blindinfer._storage.tpm_anchor import parse_anchor_spec
+
+        try:
+            return parse_anchor_spec(settings.store_anchor)
+        except StoreError as exc:
+            raise ConfigError(str(exc)) from None
     if settings.store_anchor_file is None:
         return None
     if not backend.insecure:
