@@ -344,11 +344,12 @@ def test_killed_mid_upload_loses_nothing_already_stored(tmp_path: Path) -> None:
         srv.process.wait(10)
         port = srv.port
     assert started.is_set()
-    assert not list((tmp_path / "data" / "models").glob("*.tmp"))
     with (
         running_server(tmp_path, port=port) as again,
         blindinfer.connect(again.url, simulation_mode=True) as c2,
     ):
+        # The upload was being sealed as it arrived: its temporary file is removed at start.
+        assert not list((tmp_path / "data" / "models").glob("*.tmp"))
         assert c2.model_metadata("kept")["model_id"] == kept.model_id
         np.testing.assert_array_equal(c2.run_model("kept", feeds)["y"], want["y"])
 

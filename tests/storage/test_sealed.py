@@ -58,3 +58,29 @@ def test_multi_chunk_model_round_trips(tmp_path: Path) -> None:
     store.put(mid, {"name": "big"}, data)
     assert store.get(mid).data == data
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_writer_streams_the_same_format_put_writes(tmp_path: Path) -> None:
+    import hashlib
+
+    store = SealedStore(tmp_path, bytes(range(32)))
+    model_id = "00000000-0000-4000-8000-000000000001"
+    data = bytes(range(256)) * 5000
+    writer = store.writer(model_id, {"name": "m"})
+    for start in range(0, len(data), 7777):
+        writer.update(memoryview(data)[start : start + 7777])
+    digest = writer.finish()
+    assert writer.model_sha256() == hashlib.sha256(data).hexdigest()
+    assert not store._path(model_id).exists()  # nothing stored before commit
+    writer.commit()
+    got = store.get(model_id, digest)
+    assert got.data == data and got.meta == {"name": "m"}
+    assert digest == store.file_sha256(model_id)
+
+
+def test_aborted_writer_leaves_no_file(tmp_path: Path) -> None:
+    store = SealedStore(tmp_path, bytes(32))
+    writer = store.writer("00000000-0000-4000-8000-000000000002", {"name": "m"})
+    writer.update(b"x" * 100_000)
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import re
 import threading
 import uuid
@@ -29,7 +30,7 @@ import onnxruntime as ort
 from blindinfer._engine import limits
 from blindinfer._engine.validate import parse_model, signature_of
 from blindinfer._storage.manifest import Entry, Manifest, StoreManifest, is_disk_full
-from blindinfer._storage.sealed import SealedStore
+from blindinfer._storage.sealed import SealedStore, SealWriter
 from blindinfer._wire.models import ModelInfo, TensorSpec
 from blindinfer._wire.tensors import datatype_of
 from blindinfer.errors import (
@@ -102,8 +103,145 @@ def session_options(opts: EngineOptions) -> Any:
 MAX_ABANDONED_LOADS = 2
 
 
-def _meta(info: ModelInfo) -> dict[str, Any]:
-    return {"name": info.name, "created": info.created, "restricted": info.restricted}
+def _storage_error(exc: OSError) -> Exception:
+    if is_disk_full(exc):
+        return InsufficientStorage(
+            "the server's disk is full: the model was not stored (models already stored are "
+            "intact); ask the operator to free space"
+        )
+    return exc
+
+
+_END = object()
+
+
+class Upload:
+    """A model being received (``ModelRegistry.begin_upload``): every piece fed is hashed and,
+    when persisted, encrypted and written to the sealed temporary file, on a worker thread when
+    ``threaded`` (hashlib, AES-GCM and file writes drop the GIL, so this overlaps the network
+    reads). After the last piece the file is fsynced on that thread too, while the model is
+    validated and loaded."""
+
+    def __init__(
+        self,
+        model_id: str,
+        meta: dict[str, Any],
+        replace: bool,
+        persist: bool,
+        writer: SealWriter | None,
+        threaded: bool,
+    ) -> None:
+        self.model_id = model_id
+        self.meta = meta
+        self.replace = replace
+        self.persist = persist
+        self._writer = writer
+        self._digest = hashlib.sha256() if writer is None else None
+        self._error: BaseException | None = None
+        self._file_sha256: str | None = None
+        self._hashed = threading.Event()
+        self._finished = threading.Event()
+        self._aborted = False
+        self._ended = False
+        self._queue: queue.SimpleQueue[Any] | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._work, name="upload-seal", daemon=True)
+            self._thread.start()
+
+    def _take(self, piece: Any) -> None:
+        if self._writer is not None:
+            self._writer.update(piece)
+        else:
+            assert self._digest is not None
+            self._digest.update(piece)
+
+    def _end_work(self) -> None:
+        self._hashed.set()
+        if self._writer is not None:
+            self._file_sha256 = self._writer.finish()
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        try:
+            while True:
+                piece = self._queue.get()
+                if piece is None or self._aborted:
+                    return
+                if piece is _END:
+                    self._end_work()
+                    return
+                if self._error is None:
+                    self._take(piece)
+        except BaseException as exc:  # reported to the request by feed/end/commit
+            self._error = exc
+        finally:
+            self._hashed.set()
+            self._finished.set()
+
+    def _raise_error(self) -> None:
+        exc = self._error
+        if exc is not None:
+            if isinstance(exc, OSError):
+                raise _storage_error(exc) from None
+            raise exc
+
+    def feed(self, piece: bytes | bytearray | memoryview) -> None:
+        """Take the next piece of the model (not copied: it must not change afterwards)."""
+        self._raise_error()
+        if self._queue is not None:
+            self._queue.put(piece)
+            return
+        try:
+            self._take(piece)
+        except OSError as exc:
+            raise _storage_error(exc) from None
+
+    def end(self) -> None:
+        """No more pieces: the file's tag and fsync follow (on the worker when threaded)."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._queue is not None:
+            self._queue.put(_END)
+            return
+        try:
+            self._end_work()
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        finally:
+            self._finished.set()
+
+    def sha256(self) -> str:
+        """The model's sha256 (hex): waits for the worker to hash every piece."""
+        self._hashed.wait()
+        self._raise_error()
+        if self._writer is not None:
+            return self._writer.model_sha256()
+        assert self._digest is not None
+        return self._digest.hexdigest()
+
+    def commit(self) -> str:
+        """Rename the sealed file into place; returns the sha256 of its bytes (the manifest's)."""
+        assert self._writer is not None
+        self._finished.wait()
+        self._raise_error()
+        assert self._file_sha256 is not None
+        try:
+            self._writer.commit()
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        return self._file_sha256
+
+    def abort(self) -> None:
+        """Stop and remove the temporary file, if not committed. Blocking (joins the worker)."""
+        self._aborted = True
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        if self._writer is not None:
+            self._writer.abort()
 
 
 def check_name(name: str) -> str:
@@ -143,7 +281,13 @@ class ModelRegistry:
     # --- loading -------------------------------------------------------------------------------
 
     def _build(
-        self, data: bytes, model_id: str, name: str, created: str, restricted: bool
+        self,
+        data: bytes,
+        model_id: str,
+        name: str,
+        created: str,
+        restricted: bool,
+        sha256: Callable[[], str] | None = None,
     ) -> LoadedModel:
         parse_model(data)
         if limits.abandoned_loads() >= MAX_ABANDONED_LOADS:
@@ -170,7 +314,7 @@ class ModelRegistry:
         info = ModelInfo(
             model_id=model_id,
             name=name,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=sha256() if sha256 else hashlib.sha256(data).hexdigest(),
             size=len(data),
             created=created,
             inputs=sig.inputs,
@@ -367,46 +511,109 @@ class ModelRegistry:
         """Validate, seal and load a model. With ``replace``, a model of that name is swapped
         atomically (the old one stays served until the new one is stored). ``persist=False``
         keeps it in memory only (the built-in demo model)."""
-        if len(data) > self.options.max_model_size:
+        self._check_size(len(data))
+        upload = self.begin_upload(
+            name=name, replace=replace, restricted=restricted, persist=persist, threaded=False
+        )
+        try:
+            upload.feed(data)
+        except BaseException:
+            upload.abort()
+            raise
+        return self.finish_upload(upload, data)
+
+    def _check_size(self, size: int) -> None:
+        if size > self.options.max_model_size:
             raise PayloadTooLarge(
-                f"the model is {len(data)} bytes, over the server limit of "
+                f"the model is {size} bytes, over the server limit of "
                 f"{self.options.max_model_size} bytes (setting max_model_size)"
             )
-        model_id = str(uuid.uuid4())
+
+    def begin_upload(
+        self,
+        *,
+        name: str | None = None,
+        replace: bool = False,
+        restricted: bool = False,
+        persist: bool = True,
+        threaded: bool = True,
+    ) -> Upload:
+        """Start a model upload whose bytes are hashed and sealed to a temporary file as they
+        arrive (``Upload.feed``, on a worker thread when ``threaded``); ``finish_upload``
+        validates and commits it, ``Upload.abort`` removes the file. Nothing is served or
+        listed before ``finish_upload`` succeeds."""
         if name is not None:
             check_name(name)
+        model_id = str(uuid.uuid4())
         created = datetime.now(UTC).isoformat(timespec="seconds")
-        loaded = self._build(data, model_id, name or model_id, created, restricted)
-        with self._lock:
-            old = self._by_name(loaded.info.name)
-            if self.manifest is not None and persist:
-                return self._add_committed(loaded, data, replace, old)
-            if old is not None and not replace:
-                raise Conflict(
-                    f"a model named {loaded.info.name!r} already exists (id {old.info.model_id}); "
-                    "delete it first or upload with replace"
-                )
-            if old is None and len(self._models) >= self.options.max_models:
-                raise Conflict(
-                    f"the server already holds {len(self._models)} models, its limit "
-                    "(setting max_models); delete one first"
-                )
-            if self.store is not None and persist:
-                self._put(model_id, _meta(loaded.info), data)
-            models = dict(self._models)
-            if old is not None:
-                del models[old.info.model_id]
-                self._ephemeral.discard(old.info.model_id)
-            models[model_id] = loaded
-            if not persist:
-                self._ephemeral.add(model_id)
-            self._models = models
-            if old is not None and self.store is not None:
-                self.store.delete(old.info.model_id)
+        meta = {"name": name or model_id, "created": created, "restricted": restricted}
+        writer = None
+        if self.store is not None and persist:
+            try:
+                writer = self.store.writer(model_id, meta)
+            except OSError as exc:
+                raise _storage_error(exc) from None
+        return Upload(model_id, meta, replace, persist, writer, threaded)
+
+    def finish_upload(self, upload: Upload, data: bytes) -> ModelInfo:
+        """Validate ``data`` (the bytes fed to ``upload``), then store and serve it. Blocking.
+        The sealed file is fsynced while the model is validated; it is renamed into place only
+        once the model loads, and removed on any failure."""
+        try:
+            self._check_size(len(data))
+            upload.end()
+            meta = upload.meta
+            loaded = self._build(
+                data,
+                upload.model_id,
+                str(meta["name"]),
+                str(meta["created"]),
+                bool(meta["restricted"]),
+                upload.sha256,
+            )
+            del data
+            with self._lock:
+                return self._commit_upload(loaded, upload)
+        finally:
+            upload.abort()  # a no-op once committed
+
+    def _commit_upload(self, loaded: LoadedModel, upload: Upload) -> ModelInfo:
+        """(lock held) The name and model-count checks, then store and swap in."""
+        model_id = loaded.info.model_id
+        replace, persist = upload.replace, upload.persist
+        old = self._by_name(loaded.info.name)
+        if self.manifest is not None and persist:
+            return self._add_committed(loaded, upload.commit, replace, old)
+        if old is not None and not replace:
+            raise Conflict(
+                f"a model named {loaded.info.name!r} already exists (id {old.info.model_id}); "
+                "delete it first or upload with replace"
+            )
+        if old is None and len(self._models) >= self.options.max_models:
+            raise Conflict(
+                f"the server already holds {len(self._models)} models, its limit "
+                "(setting max_models); delete one first"
+            )
+        if self.store is not None and persist:
+            upload.commit()
+        models = dict(self._models)
+        if old is not None:
+            del models[old.info.model_id]
+            self._ephemeral.discard(old.info.model_id)
+        models[model_id] = loaded
+        if not persist:
+            self._ephemeral.add(model_id)
+        self._models = models
+        if old is not None and self.store is not None:
+            self.store.delete(old.info.model_id)
         return loaded.info
 
     def _add_committed(
-        self, loaded: LoadedModel, data: bytes, replace: bool, old: LoadedModel | None
+        self,
+        loaded: LoadedModel,
+        store: Callable[[], str],
+        replace: bool,
+        old: LoadedModel | None,
     ) -> ModelInfo:
         """add() with a manifest (lock held): the manifest, read under its cross-process lock,
         decides name conflicts and the model limit, so two replicas cannot both win a name."""
@@ -419,7 +626,7 @@ class ModelRegistry:
                 "delete it first or upload with replace"
             )
         in_memory = len(self._ephemeral) - (local_only is not None)
-        digest = self._put(info.model_id, _meta(info), data)
+        digest = store()
         removed: list[str] = []
 
         def change(entries: dict[str, Entry], version: int) -> None:
@@ -464,18 +671,6 @@ class ModelRegistry:
                 raise InsufficientStorage(
                     "the server's disk is full: the change was not stored (models already "
                     "stored are intact); ask the operator to free space"
-                ) from None
-            raise
-
-    def _put(self, model_id: str, meta: Mapping[str, Any], data: bytes) -> str:
-        assert self.store is not None
-        try:
-            return self.store.put(model_id, meta, data)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise InsufficientStorage(
-                    "the server's disk is full: the model was not stored (models already stored "
-                    "are intact); ask the operator to free space"
                 ) from None
             raise
 

@@ -27,12 +27,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blindinfer import __version__
-from blindinfer._engine.registry import LoadedModel
+from blindinfer._engine.registry import LoadedModel, Upload
 from blindinfer._server.infer import InferEndpoint, check_version, infer_ref
-from blindinfer._server.requests import read_body, require_owner
+from blindinfer._server.requests import content_length, require_owner
 from blindinfer._server.state import ServerState
 from blindinfer._wire.attestation import AttestationDocument
-from blindinfer.errors import InvalidInput, ServerError
+from blindinfer.errors import InvalidInput, PayloadTooLarge, ServerError
 
 log = logging.getLogger("blindinfer.server")
 
@@ -61,6 +61,55 @@ def quiet(app: ASGIApp, name: str) -> ASGIApp:
             log.error("internal error on the %s API: %s", name, type(exc).__name__)
 
     return wrapper
+
+
+# Pieces of the body handed to the sealing worker at once: cryptography's AES-GCM update holds
+# the GIL, so each piece costs GIL hand-offs (up to the 5 ms switch interval): few, big ones.
+FEED_BATCH = 8 << 20
+
+
+def _take(body: list[bytearray]) -> bytes:
+    """The model's bytes, the receive buffer released as soon as they are copied."""
+    data = bytes(body.pop())
+    return data
+
+
+async def _receive_model(request: Request, upload: Upload, limit: int) -> list[bytearray]:
+    """Read the upload's body into one buffer (preallocated from Content-Length: the owner's
+    token was checked, and the length is within ``limit``), feeding each megabyte to
+    ``upload`` (hashed and sealed on its worker thread) as it arrives. Refuses a body past
+    ``limit`` or not matching its Content-Length."""
+    declared = content_length(request.headers.get("content-length"))
+    if declared is not None and declared < 0:
+        raise InvalidInput("Content-Length is negative")
+    buf = bytearray(declared) if declared is not None else bytearray()
+    view = memoryview(buf) if declared is not None else None
+    pos = fed = 0
+    more = True
+    while more:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            raise InvalidInput("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        end = pos + len(chunk)
+        if view is not None:
+            if declared is not None and end > declared:
+                raise InvalidInput("the body is longer than its Content-Length")
+            view[pos:end] = chunk
+        else:
+            if end > limit:
+                raise PayloadTooLarge(f"the model is over the server limit of {limit} bytes")
+            buf += chunk
+            if chunk:
+                upload.feed(bytes(chunk))  # buf may move as it grows: feed a stable copy
+        pos = end
+        more = message.get("more_body", False)
+        if view is not None and (pos - fed >= FEED_BATCH or not more):
+            upload.feed(view[fed:pos])
+            fed = pos
+    if declared is not None and pos != declared:
+        raise InvalidInput(f"the body ended after {pos} of {declared} bytes")
+    return [buf]
 
 
 def build_app(state: ServerState) -> ASGIApp:
@@ -154,19 +203,28 @@ def _build_starlette(state: ServerState) -> Starlette:
 
     async def upload(request: Request) -> Response:
         require_owner(state, request.headers.get("authorization"))
+        declared = content_length(request.headers.get("content-length"))
+        if declared is not None and declared > settings.max_model_size:
+            raise PayloadTooLarge(
+                f"the model is {declared} bytes, over the server limit of {settings.max_model_size}"
+            )
         params = request.query_params
         name = params.get("name") or None
         flags = {
             k: params.get(k, "false").lower() in ("1", "true", "yes")
             for k in ("replace", "restricted")
         }
-        body = await read_body(request, settings.max_model_size, "model")
-        # bytes() copies the whole model: on a worker, not on the event loop.
-        info = await state.run_blocking(
-            lambda: registry.add(
-                bytes(body), name=name, replace=flags["replace"], restricted=flags["restricted"]
-            )
+        upload = registry.begin_upload(
+            name=name, replace=flags["replace"], restricted=flags["restricted"]
         )
+        try:
+            body = await _receive_model(request, upload, settings.max_model_size)
+        except BaseException:
+            await state.run_blocking(upload.abort)  # no temporary file left behind
+            raise
+        # The body was hashed and sealed as it arrived; bytes() (one copy, then the buffer is
+        # dropped) because onnx's checker and onnxruntime take bytes. On a worker.
+        info = await state.run_blocking(lambda: registry.finish_upload(upload, _take(body)))
         log.info("model %s uploaded (%d bytes, id %s)", info.name, info.size, info.model_id)
         return _json(info.to_json(), 201)
 

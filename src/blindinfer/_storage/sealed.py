@@ -87,35 +87,23 @@ class SealedStore:
         """Seal and store atomically; returns the sha256 (hex) of the sealed file's bytes.
         Encrypts in chunks straight to the file, so storing a model costs no extra copy of it in
         memory (the output equals AESGCM.encrypt's)."""
-        header = json.dumps(dict(meta), sort_keys=True).encode()
-        nonce = os.urandom(12)
-        enc = Cipher(algorithms.AES(self._key), modes.GCM(nonce)).encryptor()
-        enc.authenticate_additional_data(MAGIC + model_id.encode())
-        path = self._path(model_id)
-        tmp = path.with_suffix(".tmp")
-        view = memoryview(data)
-        digest = hashlib.sha256()
-
-        def write(f: Any, chunk: bytes) -> None:
-            digest.update(chunk)
-            f.write(chunk)
-
+        writer = self.writer(model_id, meta)
         try:
-            with open(tmp, "wb") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # "being written": see _remove_stale_temps
-                write(f, MAGIC + nonce)
-                write(f, enc.update(struct.pack(">I", len(header)) + header))
-                for start in range(0, len(view), _CHUNK):
-                    write(f, enc.update(view[start : start + _CHUNK]))
-                write(f, enc.finalize())
-                write(f, enc.tag)
-                f.flush()
-                os.fsync(f.fileno())
-                os.replace(tmp, path)
+            view = memoryview(data)
+            for start in range(0, len(view), _CHUNK):
+                writer.update(view[start : start + _CHUNK])
+            digest = writer.finish()
+            writer.commit()
         except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk must not leave half a model behind
+            writer.abort()
             raise
-        return digest.hexdigest()
+        return digest
+
+    def writer(self, model_id: str, meta: Mapping[str, Any]) -> SealWriter:
+        """A sealed file written as the model's bytes arrive (``put`` in pieces): ``update``
+        with each piece, ``finish`` (tag, fsync), then ``commit`` (rename into place) or
+        ``abort`` (the temporary file removed). Same file format as ``put``."""
+        return SealWriter(self._key, model_id, meta, self._path(model_id))
 
     def get(self, model_id: str, sha256: str | None = None) -> StoredModel:
         """Unseal one model; with ``sha256`` (from the manifest), the file must be that one."""
@@ -153,3 +141,67 @@ class SealedStore:
             stem = path.name[: -len(SUFFIX)]
             if _ID_RE.match(stem):
                 yield stem
+
+
+class SealWriter:
+    """One sealed file being written (see ``SealedStore.writer``). Not thread-safe: one thread
+    feeds it. Also hashes the plaintext (``model_sha256``), so a streamed upload is read once."""
+
+    def __init__(self, key: bytes, model_id: str, meta: Mapping[str, Any], path: Path) -> None:
+        header = json.dumps(dict(meta), sort_keys=True).encode()
+        nonce = os.urandom(12)
+        self._enc = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        self._enc.authenticate_additional_data(MAGIC + model_id.encode())
+        self.path = path
+        self.tmp = path.with_suffix(".tmp")
+        self._file_digest = hashlib.sha256()
+        self._model_digest = hashlib.sha256()
+        self.size = 0
+        self._f: Any = None
+        self._done = False
+        try:
+            self._f = open(self.tmp, "wb", buffering=0)  # noqa: SIM115 (closed by commit/abort)
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)  # "being written": _remove_stale_temps
+            self._write(MAGIC + nonce)
+            self._write(self._enc.update(struct.pack(">I", len(header)) + header))
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write(self, chunk: bytes) -> None:
+        self._file_digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            written = self._f.write(view)
+            view = view[written:]
+
+    def update(self, piece: bytes | bytearray | memoryview) -> None:
+        self._model_digest.update(piece)
+        self.size += len(piece)
+        self._write(self._enc.update(piece))
+
+    def model_sha256(self) -> str:
+        """sha256 (hex) of the plaintext fed so far (the model's own digest)."""
+        return self._model_digest.hexdigest()
+
+    def finish(self) -> str:
+        """Write the tag and fsync; returns the sha256 (hex) of the sealed file's bytes."""
+        self._write(self._enc.finalize())
+        self._write(self._enc.tag)
+        os.fsync(self._f.fileno())
+        return self._file_digest.hexdigest()
+
+    def commit(self) -> None:
+        """Rename the finished file into place (the lock is held until then)."""
+        os.replace(self.tmp, self.path)
+        self._done = True
+        self._f.close()
+
+    def abort(self) -> None:
+        """Remove the temporary file (a refused model, a full disk, a truncated body)."""
+        if self._done:
+            return
+        self._done = True
+        self.tmp.unlink(missing_ok=True)
+        if self._f is not None:
+            self._f.close()
