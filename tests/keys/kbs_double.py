@@ -19,6 +19,13 @@ It speaks the RCAR protocol over real HTTP(S) on 127.0.0.1:
 
 The JCS, the JWE encryption and the evidence decoding are written here independently of the
 client in blindinfer._keys.
+
+SEV-SNP (``tee`` "snp"): the primary evidence is Trustee's ``SnpEvidence`` in the serde JSON form
+of the sev crate 7.1.0 (virtee/sev@d487809). :func:`snp_report_from_sev_json` rebuilds the 1184
+signed bytes from it, written from the ATTESTATION_REPORT table of the AMD SEV-SNP Firmware ABI
+spec (pub. 56860, Table 23) and the sev crate's field list, not from the client's encoder; the
+rebuilt report is verified by blindinfer's verifier with the VCEK/ASK/ARK of ``cert_chain``. Like
+Trustee's SNP verifier it also requires report version 3..5 and VMPL 0.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -45,13 +53,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from blindinfer.attestation import Evidence, Policy, verify_evidence
 from blindinfer.errors import AttestationError, PolicyError
 from tests.keys._http_double import ServerThread
 
 ERROR_TYPE = "https://github.com/confidential-containers/kbs/errors/"
-TEES = {"sample", "sgx", "tdx"}
+TEES = {"sample", "sgx", "snp", "tdx"}
 
 
 def b64u(data: bytes) -> str:
@@ -99,6 +108,138 @@ def jwe_encrypt(jwk: Mapping[str, str], plaintext: bytes) -> dict[str, str]:
         "ciphertext": b64u(sealed[:-16]),
         "tag": b64u(sealed[-16:]),
     }
+
+
+# --- SEV-SNP: sev crate serde JSON -> ATTESTATION_REPORT bytes ---------------------------------
+
+# (sev field, offset, encoding) in the crate's declaration order. Encodings: "u8"/"u32"/"u64"
+# little-endian integers, ("bytes", n) a JSON array of n numbers, "tcb" TCB_VERSION (8 bytes),
+# "version" {major, minor, build} stored as BUILD, MINOR, MAJOR. Everything else is reserved (0).
+SNP_FIELDS: tuple[tuple[str, int, Any], ...] = (
+    ("version", 0x000, "u32"),
+    ("guest_svn", 0x004, "u32"),
+    ("policy", 0x008, "u64"),
+    ("family_id", 0x010, ("bytes", 16)),
+    ("image_id", 0x020, ("bytes", 16)),
+    ("vmpl", 0x030, "u32"),
+    ("sig_algo", 0x034, "u32"),
+    ("current_tcb", 0x038, "tcb"),
+    ("plat_info", 0x040, "u64"),
+    ("key_info", 0x048, "u32"),
+    ("report_data", 0x050, ("bytes", 64)),
+    ("measurement", 0x090, ("bytes", 48)),
+    ("host_data", 0x0C0, ("bytes", 32)),
+    ("id_key_digest", 0x0E0, ("bytes", 48)),
+    ("author_key_digest", 0x110, ("bytes", 48)),
+    ("report_id", 0x140, ("bytes", 32)),
+    ("report_id_ma", 0x160, ("bytes", 32)),
+    ("reported_tcb", 0x180, "tcb"),
+    ("cpuid_fam_id", 0x188, "u8?"),
+    ("cpuid_mod_id", 0x189, "u8?"),
+    ("cpuid_step", 0x18A, "u8?"),
+    ("chip_id", 0x1A0, ("bytes", 64)),
+    ("committed_tcb", 0x1E0, "tcb"),
+    ("current", 0x1E8, "version"),
+    ("committed", 0x1EC, "version"),
+    ("launch_tcb", 0x1F0, "tcb"),
+    ("launch_mit_vector", 0x1F8, "u64?"),
+    ("current_mit_vector", 0x200, "u64?"),
+)
+SNP_SIGNATURE_AT = 0x2A0  # R (72 bytes LE) then S (72 bytes LE); then 368 reserved bytes
+SNP_REPORT_LEN = 0x4A0
+CERT_TYPES = {"ARK", "ASK", "VCEK", "VLEK", "CRL", "Empty"}
+_INT_BYTES = {"u8": 1, "u32": 4, "u64": 8}
+
+
+def _uint(value: Any, size: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 256**size:
+        raise ValueError(f"{what} is not a {8 * size}-bit unsigned integer")
+    return value
+
+
+def _byte_list(value: Any, n: int, what: str) -> bytes:
+    if not isinstance(value, list) or len(value) != n:
+        raise ValueError(f"{what} is not an array of {n} numbers")
+    return bytes(_uint(v, 1, what) for v in value)
+
+
+def _tcb_bytes(value: Any, what: str) -> bytes:
+    """TCB_VERSION: Turin (fmc present) FMC, BOOT_LOADER, TEE, SNP, 3 reserved, MICROCODE; earlier
+    BOOT_LOADER, TEE, 4 reserved, SNP, MICROCODE."""
+    if not isinstance(value, dict) or set(value) != {
+        "fmc",
+        "bootloader",
+        "tee",
+        "snp",
+        "microcode",
+    }:
+        raise ValueError(f"{what} is not a TcbVersion object")
+    bl, tee, snp, ucode = (
+        _uint(value[k], 1, f"{what}.{k}") for k in ("bootloader", "tee", "snp", "microcode")
+    )
+    if value["fmc"] is None:
+        return bytes([bl, tee, 0, 0, 0, 0, snp, ucode])
+    return bytes([_uint(value["fmc"], 1, f"{what}.fmc"), bl, tee, snp, 0, 0, 0, ucode])
+
+
+def snp_report_from_sev_json(doc: Any) -> bytes:
+    """The signed ATTESTATION_REPORT bytes from the sev crate's serde form of AttestationReport."""
+    if not isinstance(doc, dict):
+        raise ValueError("attestation_report is not a JSON object")
+    names = {name for name, _, _ in SNP_FIELDS} | {"signature"}
+    optional = {"launch_mit_vector", "current_mit_vector"}
+    if set(doc) - names or names - optional - set(doc):
+        raise ValueError(f"attestation_report fields differ from sev's: {sorted(set(doc) ^ names)}")
+    out = bytearray(SNP_REPORT_LEN)
+    for name, off, enc in SNP_FIELDS:
+        value = doc.get(name)
+        if isinstance(enc, tuple):
+            chunk = _byte_list(value, enc[1], name)
+        elif enc == "tcb":
+            chunk = _tcb_bytes(value, name)
+        elif enc == "version":
+            if not isinstance(value, dict) or set(value) != {"major", "minor", "build"}:
+                raise ValueError(f"{name} is not a Version object")
+            chunk = bytes(_uint(value[k], 1, f"{name}.{k}") for k in ("build", "minor", "major"))
+        else:
+            size = _INT_BYTES[enc.rstrip("?")]
+            if value is None and enc.endswith("?"):
+                continue  # None: the report version has no such field (bytes stay reserved)
+            chunk = _uint(value, size, name).to_bytes(size, "little")
+        out[off : off + len(chunk)] = chunk
+    sig = doc["signature"]
+    if not isinstance(sig, dict) or set(sig) != {"r", "s"}:
+        raise ValueError("signature is not a Signature object")
+    out[SNP_SIGNATURE_AT : SNP_SIGNATURE_AT + 72] = _byte_list(sig["r"], 72, "signature.r")
+    out[SNP_SIGNATURE_AT + 72 : SNP_SIGNATURE_AT + 144] = _byte_list(sig["s"], 72, "signature.s")
+    return bytes(out)
+
+
+def snp_collateral_from_cert_chain(chain: Any) -> dict[str, bytes]:
+    """blindinfer's SNP collateral from ``cert_chain`` (CertTableEntry objects, DER data)."""
+    if chain is None:
+        return {}
+    if not isinstance(chain, list):
+        raise ValueError("cert_chain is not an array")
+    certs: dict[str, bytes] = {}
+    for entry in chain:
+        if not isinstance(entry, dict) or set(entry) != {"cert_type", "data"}:
+            raise ValueError("cert_chain entry is not a CertTableEntry object")
+        kind, data = entry["cert_type"], entry["data"]
+        if kind not in CERT_TYPES or not isinstance(data, list):
+            raise ValueError(f"cert_chain entry of type {kind!r} is not understood")
+        certs.setdefault(kind, bytes(_uint(v, 1, "cert_chain data") for v in data))
+    out: dict[str, bytes] = {}
+    if "VCEK" in certs:
+        out["vcek"] = certs["VCEK"]
+    pem = b"".join(
+        x509.load_der_x509_certificate(certs[k]).public_bytes(Encoding.PEM)
+        for k in ("ASK", "ARK")
+        if k in certs
+    )
+    if pem:
+        out["chain"] = pem
+    return out
 
 
 @dataclass
@@ -273,6 +414,23 @@ class KbsDouble:
     def _decode(tee: str, primary: Any) -> tuple[Evidence, bytes | None]:
         if tee in ("tdx", "sgx"):
             return Evidence(tee, base64.b64decode(primary["quote"], validate=True)), None
+        if tee == "snp":
+            if not isinstance(primary, dict) or set(primary) != {
+                "attestation_report",
+                "cert_chain",
+            }:
+                raise ValueError("primary_evidence is not an SnpEvidence object")
+            raw = snp_report_from_sev_json(primary["attestation_report"])
+            version, vmpl = (
+                int.from_bytes(raw[0:4], "little"),
+                int.from_bytes(raw[0x30:0x34], "little"),
+            )
+            if not 3 <= version <= 5:  # Trustee's REPORT_VERSION_MIN/MAX
+                raise ValueError(f"Attestation Report version {version} is not 3..5")
+            if vmpl != 0:
+                raise ValueError("VMPL Check Failed")
+            coll = snp_collateral_from_cert_chain(primary["cert_chain"])
+            return Evidence("snp", raw, coll), None
         ext = primary["blindinfer"]
         if ext["kind"] != "simulation":
             raise ValueError("sample evidence must carry blindinfer simulation evidence")

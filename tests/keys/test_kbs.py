@@ -278,11 +278,10 @@ def test_backend_failure_and_unsupported_kinds_name_the_step(broker: KbsDouble) 
         match=r"could not produce evidence for the key broker: OSError: device gone",
     ):
         fetch_resource(broker.url, RESOURCE, Broken(), timeout=10)  # type: ignore[arg-type]
-    for kind, why in (("snp", "sev crate"), ("nitro", "no Nitro")):
-        b = Broken()
-        b.kind = kind
-        with pytest.raises(BackendUnavailable, match=why):
-            fetch_resource(broker.url, RESOURCE, b, timeout=10)  # type: ignore[arg-type]
+    b = Broken()
+    b.kind = "nitro"
+    with pytest.raises(BackendUnavailable, match="no Nitro"):
+        fetch_resource(broker.url, RESOURCE, b, timeout=10)  # type: ignore[arg-type]
     with pytest.raises(BackendUnavailable, match=r"must be <repository>/<type>/<tag>"):
         fetch_resource(broker.url, "../../etc", Broken(), timeout=10)  # type: ignore[arg-type]
     with pytest.raises(BackendUnavailable, match=r"cannot reach"):

@@ -30,11 +30,10 @@ TEE names and ``primary_evidence`` encodings (blindinfer kind -> KBS ``tee``):
   ``report_data`` with the digest itself (unpadded) and ignores the ``blindinfer`` member; a
   broker that knows blindinfer (the test double) verifies the signed simulation evidence in it,
   whose report_data is the padded digest. base64 is standard alphabet with padding throughout.
-- ``snp``: not supported. Trustee's SNP verifier takes the report as the ``sev`` crate's serde
-  structure (field by field, ``sev`` 7 with its ``serde`` feature), not the raw signed report
-  blindinfer holds, and re-encoding it faithfully is not something this client can promise. On
-  SNP use the Confidential Containers guest components (``broker = "cdh"``), whose attestation
-  agent produces that encoding itself.
+- ``snp`` -> ``snp``: Trustee's ``SnpEvidence`` (deps/verifier/src/snp/mod.rs, trustee@78962cd),
+  ``{"attestation_report": <AttestationReport>, "cert_chain": [<CertTableEntry>] | null}``, in
+  the serde JSON form of the ``sev`` crate that Trustee pins (7.1.0, virtee/sev@d487809, feature
+  ``serde``); see :func:`snp_evidence`. This is what guest-components' SNP attester sends too.
 - ``nitro``: not supported: Trustee (kbs-types 0.18) defines no Nitro TEE. Use a key broker
   with Nitro attestation conditions (AWS KMS) instead.
 
@@ -51,11 +50,14 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from blindinfer._keys import _jose
 from blindinfer._keys._http import Reply, exchange
 from blindinfer._tee.base import TeeBackend
+from blindinfer.attestation import _snp, _x509
 from blindinfer.attestation._claims import Evidence
-from blindinfer.errors import BackendUnavailable
+from blindinfer.errors import AttestationError, BackendUnavailable, CollateralError
 
 __all__ = [
     "KBS_PROTOCOL_VERSION",
@@ -67,6 +69,7 @@ __all__ = [
     "parse_resource",
     "report_data_for",
     "runtime_data_digest",
+    "snp_evidence",
 ]
 
 KBS_PROTOCOL_VERSION = "0.4.0"
@@ -79,13 +82,8 @@ HASHES: dict[str, Callable[[bytes], Any]] = {
     "sha512": hashlib.sha512,
 }
 
-_TEE = {"tdx": "tdx", "sgx": "sgx", "simulation": "sample"}
+_TEE = {"tdx": "tdx", "sgx": "sgx", "simulation": "sample", "snp": "snp"}
 _UNSUPPORTED = {
-    "snp": (
-        "Trustee's SNP verifier wants the report as the sev crate's serde structure, which"
-        " blindinfer does not produce; on SEV-SNP use broker 'cdh' (the Confidential Containers"
-        " attestation agent encodes SNP evidence for Trustee itself)"
-    ),
     "nitro": (
         "Trustee defines no Nitro Enclaves TEE; release the key with a broker that checks Nitro"
         " attestation documents (AWS KMS with attestation conditions)"
@@ -155,12 +153,155 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# --- SEV-SNP: the sev crate's serde form ------------------------------------------------------
+#
+# sev 7.1.0 (virtee/sev@d487809, the revision trustee@78962cd patches in), feature "serde": every
+# type derives Serialize/Deserialize, so serde_json writes
+# - ``AttestationReport`` as an object with its fields in declaration order
+#   (src/firmware/guest/types/snp.rs); reserved bytes are not fields;
+# - ``GuestPolicy(u64)``, ``PlatformInfo(u64)``, ``KeyInfo(u32)`` (bitfield newtypes) as the
+#   integer;
+# - ``[u8; N]`` (serde's own arrays up to 32, serde_big_array above) and ``Vec<u8>`` (no
+#   serde_bytes on CertTableEntry.data) as JSON arrays of numbers;
+# - ``Option<u8>``/``Option<u64>`` as the number or null;
+# - ``TcbVersion`` as {"fmc", "bootloader", "tee", "snp", "microcode"} (src/firmware/host/types/
+#   snp.rs), ``Version`` as {"major", "minor", "build"}, ``Signature`` as {"r": [72], "s": [72]}
+#   (the little-endian fields as stored, src/certs/snp/ecdsa/mod.rs);
+# - ``CertType`` (unit variants) as "VCEK", "VLEK", "ASK", "ARK".
+# Trustee verifies the signature over the crate's re-encoding of these fields (to_bytes, reserved
+# bytes written as zeros), so what is sent must carry every signed byte the firmware set.
+
+# LAUNCH_MIT_VECTOR and CURRENT_MIT_VECTOR (report version 5; ABI spec Table 23, 0x1F8 and 0x200):
+# the only report fields blindinfer's parser does not split out, because its verifier does not
+# use them.
+_OFF_LAUNCH_MIT_VECTOR = _snp.OFF_LAUNCH_TCB + 8
+_OFF_CURRENT_MIT_VECTOR = _OFF_LAUNCH_MIT_VECTOR + 8
+
+
+def _sev_generation(report: _snp.Report) -> str:
+    """The processor generation the sev crate decodes the TCB fields with (AttestationReport's
+    Decoder): version 2 from CHIP_ID (Turin-like when bytes 8.. are zero; a masked, all-zero
+    CHIP_ID cannot be decoded), version 3 and later from CPUID_FAM_ID/CPUID_MOD_ID."""
+    if report.version == 2:
+        if not any(report.chip_id):
+            raise BackendUnavailable(
+                "SEV-SNP report version 2 with a masked CHIP_ID: the sev crate Trustee uses"
+                " cannot decode it"
+            )
+        return "turin" if not any(report.chip_id[8:]) else "genoa"
+    product = _snp.product_of(report)
+    if product is None:
+        family, model, _step = report.cpuid
+        raise BackendUnavailable(
+            f"SEV-SNP report from CPU family {family:#x} model {model:#x}: not a generation the"
+            " sev crate Trustee uses knows"
+        )
+    return product
+
+
+def _sev_tcb(raw: bytes, generation: str) -> dict[str, int | None]:
+    parts = _snp.decode_tcb(raw, generation)
+    return {
+        "fmc": parts.get("fmc"),
+        "bootloader": parts["bootloader"],
+        "tee": parts["tee"],
+        "snp": parts["snp"],
+        "microcode": parts["microcode"],
+    }
+
+
+def _sev_version(triplet: tuple[int, int, int]) -> dict[str, int]:
+    major, minor, build = triplet
+    return {"major": major, "minor": minor, "build": build}
+
+
+def _u64_at(raw: bytes, offset: int) -> int:
+    return int.from_bytes(raw[offset : offset + 8], "little")
+
+
+def _sev_cert_chain(report: _snp.Report, collateral: Mapping[str, bytes]) -> list[Any] | None:
+    """``cert_chain``: the VCEK (VLEK when the report says so) and the ASK and ARK from the
+    collateral, DER, as ``CertTableEntry`` objects; None without a VCEK, and then Trustee fetches
+    the VCEK from AMD's KDS (or its offline store) and uses its built-in ASK and ARK."""
+    if "vcek" not in collateral:
+        return None
+    try:
+        vek, *extra = _x509.load_certs(collateral["vcek"], "SEV-SNP 'vcek'", CollateralError)
+        chain = []
+        if "chain" in collateral:
+            chain = _x509.load_certs(collateral["chain"], "SEV-SNP 'chain'", CollateralError)
+    except CollateralError as exc:
+        raise BackendUnavailable(f"SEV-SNP collateral for the key broker: {exc}") from None
+    if extra:
+        raise BackendUnavailable("SEV-SNP collateral 'vcek' holds more than one certificate")
+    vek_type = "VLEK" if report.signing_key == 1 else "VCEK"
+    entries: list[Any] = [{"cert_type": vek_type, "data": list(vek.public_bytes(Encoding.DER))}]
+    for cert in chain:
+        kind = "ARK" if cert.subject == cert.issuer else "ASK"
+        entries.append({"cert_type": kind, "data": list(cert.public_bytes(Encoding.DER))})
+    return entries
+
+
+def snp_evidence(evidence: Evidence) -> dict[str, Any]:
+    """Trustee's ``SnpEvidence`` for a raw SEV-SNP report (field mapping in the comment above)."""
+    try:
+        report = _snp.parse_report(bytes(evidence.evidence))
+    except AttestationError as exc:
+        raise BackendUnavailable(f"SEV-SNP evidence for the key broker: {exc}") from None
+    gen = _sev_generation(report)
+    raw = report.raw
+    v3 = report.version >= 3
+    v5 = report.version >= 5  # the sev crate decodes 3 and 4 alike, mitigation vectors from 5
+    fam, mod, step = report.cpuid
+    width = _snp.SIG_COMPONENT
+    attestation_report = {
+        "version": report.version,
+        "guest_svn": report.guest_svn,
+        "policy": report.policy,
+        "family_id": list(report.family_id),
+        "image_id": list(report.image_id),
+        "vmpl": report.vmpl,
+        "sig_algo": report.signature_algo,
+        "current_tcb": _sev_tcb(report.current_tcb, gen),
+        "plat_info": report.platform_info,
+        "key_info": report.flags,
+        "report_data": list(report.report_data),
+        "measurement": list(report.measurement),
+        "host_data": list(report.host_data),
+        "id_key_digest": list(report.id_key_digest),
+        "author_key_digest": list(report.author_key_digest),
+        "report_id": list(report.report_id),
+        "report_id_ma": list(report.report_id_ma),
+        "reported_tcb": _sev_tcb(report.reported_tcb, gen),
+        "cpuid_fam_id": fam if v3 else None,
+        "cpuid_mod_id": mod if v3 else None,
+        "cpuid_step": step if v3 else None,
+        "chip_id": list(report.chip_id),
+        "committed_tcb": _sev_tcb(report.committed_tcb, gen),
+        "current": _sev_version(report.current_build),
+        "committed": _sev_version(report.committed_build),
+        "launch_tcb": _sev_tcb(report.launch_tcb, gen),
+        "launch_mit_vector": _u64_at(raw, _OFF_LAUNCH_MIT_VECTOR) if v5 else None,
+        "current_mit_vector": _u64_at(raw, _OFF_CURRENT_MIT_VECTOR) if v5 else None,
+        "signature": {
+            "r": list(report.sig_r.to_bytes(width, "little")),
+            "s": list(report.sig_s.to_bytes(width, "little")),
+        },
+    }
+    return {
+        "attestation_report": attestation_report,
+        "cert_chain": _sev_cert_chain(report, evidence.collateral),
+    }
+
+
 def encode_primary_evidence(tee: str, evidence: Evidence, digest: bytes) -> dict[str, Any]:
     """``tee-evidence.primary_evidence`` for blindinfer evidence (encodings in the module doc)."""
     if tee == "tdx":
         return {"cc_eventlog": None, "quote": _b64(evidence.evidence)}
     if tee == "sgx":
         return {"quote": _b64(evidence.evidence)}
+    if tee == "snp":
+        return snp_evidence(evidence)
     if tee == "sample":
         return {
             "svn": "0",
