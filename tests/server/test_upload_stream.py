@@ -17,6 +17,8 @@ from blindinfer._engine.registry import ModelRegistry
 from blindinfer._storage.sealed import SealedStore
 from tests._server import ServerProcess, running_server
 
+pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
