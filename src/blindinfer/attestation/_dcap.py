@@ -712,3 +712,35 @@ def check_tcb(
             f"policy mismatch on {kind}.advisory_ids: allowed {list(allowed_adv)}, evidence has "
             f"{list(advisories)} ({', '.join(extra)} not allowed)"
         )
+
+
+def claims(
+    result: DcapResult,
+    *,
+    kind: str,
+    report_data: bytes,
+    measurements: Mapping[str, str],
+    debug: bool,
+    fields: Mapping[str, Any],
+    at: datetime,
+) -> Claims:
+    """Claims of a verified DCAP quote: the kind's own ``fields`` plus what every DCAP quote has
+    (quote version, QE/PCE SVNs, FMSPC, the platform and QE TCB statuses)."""
+    common = {
+        "quote_version": result.layout.version,
+        "qe_svn": result.layout.qe_svn,
+        "pce_svn": result.layout.pce_svn,
+        "fmspc": result.fmspc,
+        "platform_tcb_status": result.platform_tcb_status,
+        "qe_tcb_status": result.qe_tcb_status,
+    }
+    return Claims(
+        kind=kind,
+        report_data=report_data,
+        measurements=dict(measurements),
+        debug=debug,
+        tcb_status=result.tcb_status,
+        advisory_ids=result.advisory_ids,
+        fields={**fields, **common},
+        verified_at=at,
+    )

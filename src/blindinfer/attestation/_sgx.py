@@ -65,7 +65,6 @@ def _claims(result: _dcap.DcapResult, at: datetime) -> Claims:
         result.layout.body
     )  # fmt: skip
     fields: dict[str, Any] = {
-        "quote_version": result.layout.version,
         "isv_prod_id": isv_prod_id,
         "isv_svn": isv_svn,
         "config_svn": config_svn,
@@ -75,21 +74,15 @@ def _claims(result: _dcap.DcapResult, at: datetime) -> Claims:
         "config_id": config_id.hex(),
         "isv_ext_prod_id": ext_prod_id.hex(),
         "isv_family_id": family_id.hex(),
-        "qe_svn": result.layout.qe_svn,
-        "pce_svn": result.layout.pce_svn,
-        "fmspc": result.fmspc,
-        "platform_tcb_status": result.platform_tcb_status,
-        "qe_tcb_status": result.qe_tcb_status,
     }
-    return Claims(
+    return _dcap.claims(
+        result,
         kind=KIND,
         report_data=report_data,
         measurements={"mrenclave": mrenclave.hex(), "mrsigner": mrsigner.hex()},
         debug=bool(attributes[0] & DEBUG_FLAG),
-        tcb_status=result.tcb_status,
-        advisory_ids=result.advisory_ids,
         fields=fields,
-        verified_at=at,
+        at=at,
     )
 
 

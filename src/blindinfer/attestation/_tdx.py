@@ -67,7 +67,6 @@ def _claims(result: _dcap.DcapResult, at: datetime) -> Claims:
         body
     )  # fmt: skip
     fields: dict[str, Any] = {
-        "quote_version": result.layout.version,
         "td_attributes": td_attrs.hex(),
         "xfam": xfam.hex(),
         "mrsignerseam": mrsignerseam.hex(),
@@ -76,26 +75,20 @@ def _claims(result: _dcap.DcapResult, at: datetime) -> Claims:
         "mrownerconfig": mrownerconfig.hex(),
         "seam_attributes": seam_attrs.hex(),
         "tee_tcb_svn": tcb_svn.hex(),
-        "qe_svn": result.layout.qe_svn,
-        "pce_svn": result.layout.pce_svn,
-        "fmspc": result.fmspc,
-        "platform_tcb_status": result.platform_tcb_status,
-        "qe_tcb_status": result.qe_tcb_status,
     }
     if result.layout.body_type == _dcap.BODY_TD15:
         tcb_svn2, mrservicetd = TD15_TAIL.unpack_from(body, TD10_BODY.size)
         fields["tee_tcb_svn2"] = tcb_svn2.hex()
         fields["mrservicetd"] = mrservicetd.hex()
     values = (mrtd, rtmr0, rtmr1, rtmr2, rtmr3, mrseam)
-    return Claims(
+    return _dcap.claims(
+        result,
         kind=KIND,
         report_data=report_data,
         measurements={name: v.hex() for name, v in zip(MEASUREMENTS, values, strict=True)},
         debug=bool(td_attrs[0] & DEBUG_BIT),
-        tcb_status=result.tcb_status,
-        advisory_ids=result.advisory_ids,
         fields=fields,
-        verified_at=at,
+        at=at,
     )
 
 
