@@ -35,7 +35,7 @@ DISTRIBUTIONS = {
 
 def _client_modules() -> list[Path]:
     """Modules a `pip install blindinfer` (no extras) must be able to import."""
-    skip = ("server", "engine", "storage", "tee", "collateral")
+    skip = ("server", "engine", "storage", "tee", "collateral", "keys")
     return [
         p
         for p in sorted(PACKAGE.rglob("*.py"))

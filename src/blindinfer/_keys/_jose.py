@@ -1,8 +1,9 @@
-"""The little JOSE the KBS protocol needs, on ``cryptography`` alone (no new dependency).
+"""The little JOSE the KBS protocol needs, on ``cryptography``'s primitives.
 
 - the ephemeral TEE key: EC P-256, exported as the JWK Trustee's own client sends
   (``{"kty":"EC","crv":"P-256","alg":"ECDH-ES+A256KW","x":..,"y":..}``);
-- RFC 8785 (JCS) canonical JSON, which Trustee hashes the runtime-data with;
+- RFC 8785 (JCS) canonical JSON (the ``rfc8785`` library), which Trustee hashes the runtime-data
+  with;
 - decrypting the resource response: a JWE in flattened JSON serialisation (RFC 7516 7.2.2) with
   ``alg`` ECDH-ES+A256KW (RFC 7518 4.6: Concat KDF over SHA-256, then AES key unwrap) and ``enc``
   A256GCM, AAD = ASCII(protected) (or ASCII(protected "." aad) when an ``aad`` member is present).
@@ -14,10 +15,10 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
+import rfc8785
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -71,30 +72,12 @@ def jwk_public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 JSON Canonicalization Scheme, for the JSON values the protocol carries."""
-    return _jcs(value).encode("utf-8")
-
-
-def _jcs(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("JCS has no representation for NaN or infinity")
-        if value.is_integer() and abs(value) < 2**53:
-            return str(int(value))
-        return repr(value)  # shortest round-trip form; exponent spelling may differ from ES6
-    if isinstance(value, Mapping):
-        # JCS orders members by their UTF-16 code units.
-        items = sorted(value.items(), key=lambda kv: kv[0].encode("utf-16-be"))
-        return "{" + ",".join(f"{_jcs(k)}:{_jcs(v)}" for k, v in items) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_jcs(v) for v in value) + "]"
-    raise ValueError(f"cannot canonicalise {type(value).__name__}")
+    """RFC 8785 JSON Canonicalization Scheme (Trail of Bits' ``rfc8785``: ES6 number spelling,
+    UTF-16 member order, the exact string escapes), for the runtime-data Trustee hashes."""
+    try:
+        return bytes(rfc8785.dumps(value))
+    except (rfc8785.CanonicalizationError, TypeError) as exc:
+        raise ValueError(f"cannot canonicalise the runtime data: {exc}") from None
 
 
 def concat_kdf(z: bytes, alg: str, apu: bytes, apv: bytes, bits: int) -> bytes:
