@@ -27,8 +27,8 @@ serve: install
 	$(BIN)/blindinfer serve $(ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench convert
+	$(BIN)/ruff format --check src tests bench convert
 
 typecheck: install
 	$(BIN)/mypy

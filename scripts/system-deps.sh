@@ -1,7 +1,7 @@
 #!/bin/sh
 # System packages the test suite needs beyond Python: haproxy (tests/scale, a real L4 balancer),
 # kubectl (tests/deploy, `kubectl kustomize`) and swtpm (tests/storage, a real software TPM for
-# the NV-counter store anchor), from Debian. Idempotent: installs only what
+# the NV-counter store anchor), espeak-ng and fonts (tests/pipelines), from Debian. Idempotent: installs only what
 # is missing, and keeps a kubectl already on PATH (e.g. from the Google Cloud SDK, whose
 # package owns /usr/bin/kubectl and would conflict with Debian's kubernetes-client).
 # Needs root (or sudo) only when something is missing.
@@ -18,8 +18,17 @@ if ! command -v swtpm >/dev/null 2>&1; then
     missing="$missing swtpm swtpm-tools"
 fi
 
+# espeak-ng: synthesised speech for the speech-to-text tests (tests/pipelines); fonts-dejavu-core:
+# the fonts the OCR tests render their documents with.
+if ! command -v espeak-ng >/dev/null 2>&1; then
+    missing="$missing espeak-ng"
+fi
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+    missing="$missing fonts-dejavu-core"
+fi
+
 if [ -z "$missing" ]; then
-    echo "system-deps: haproxy, kubectl and swtpm already installed"
+    echo "system-deps: haproxy, kubectl, swtpm, espeak-ng and fonts already installed"
     exit 0
 fi
 
