@@ -161,6 +161,13 @@ def serve(
     demo_model: Annotated[
         bool | None, typer.Option("--demo-model/--no-demo-model", help="preload the demo model")
     ] = None,
+    examples: Annotated[
+        bool | None,
+        typer.Option("--examples", help="preload the example pipelines built by `make examples`"),
+    ] = None,
+    examples_dir: Annotated[
+        Path | None, typer.Option(help="where the example bundles are [.cache/examples]")
+    ] = None,
     max_model_size: Annotated[
         str | None, typer.Option(help="largest model (bytes or 512MiB) [512MiB]")
     ] = None,
@@ -236,6 +243,8 @@ def serve(
         "metrics_host": metrics_host,
         "hostnames": hostname or None,
         "demo_model": demo_model,
+        "examples": examples,
+        "examples_dir": examples_dir,
         "max_model_size": max_model_size,
         "max_request_size": max_request_size,
         "max_models": max_models,
@@ -476,8 +485,12 @@ def _progress_callback() -> tuple[Callable[[int, int], None] | None, Callable[[]
 @app.command()
 def upload(
     url: str,
-    model: Annotated[Path, typer.Argument(help="ONNX file", exists=True, dir_okay=False)],
-    name: Annotated[str | None, typer.Option(help="model name [file stem]")] = None,
+    model: Annotated[
+        Path, typer.Argument(help="ONNX file, or a pipeline bundle folder", exists=True)
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="model name [file stem, or the folder's name]")
+    ] = None,
     replace: Annotated[bool, typer.Option(help="replace a model of the same name")] = False,
     restricted: Annotated[
         bool, typer.Option(help="only the owner (or run token) may run it")
@@ -514,12 +527,19 @@ def run(
             "--input", "-i", help="JSON tensor, or NAME=JSON, or @file.npy / NAME=@file.npy"
         ),
     ] = None,
+    file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--file", "-f", help="a file sent as a BYTES input: PATH (input 'input') or NAME=PATH"
+        ),
+    ] = None,
     token: TokenOpt = None,
     policy: PolicyOpt = None,
     simulation: SimOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a model on inputs given as JSON (cast to the model's types) or .npy files."""
+    """Run a model on inputs given as JSON (cast to the model's types), .npy files or whole
+    files (a WAV, a photo, a page: BYTES inputs of the example pipelines)."""
     import numpy as np
 
     def value(text: str) -> Any:
@@ -531,27 +551,64 @@ def run(
             raise ConfigError(f"--input is not JSON: {exc}") from None
 
     with _errors():
-        if not input:
-            raise ConfigError("give at least one --input")
-        named = [i.partition("=") for i in input]
-        if all(sep and not k.lstrip().startswith(("[", "{", "@")) for k, sep, _ in named):
-            inputs: Any = {k: value(v) for k, _, v in named}
-        elif len(input) == 1:
-            inputs = value(input[0])
-        else:
-            inputs = [value(i) for i in input]
+        if not input and not file:
+            raise ConfigError("give at least one --input or --file")
+        inputs: Any = _file_inputs(file or [])
+        if input:
+            named = [i.partition("=") for i in input]
+            if all(sep and not k.lstrip().startswith(("[", "{", "@")) for k, sep, _ in named):
+                inputs.update({k: value(v) for k, _, v in named})
+            elif file:
+                raise ConfigError("with --file, give other inputs as NAME=JSON")
+            elif len(input) == 1:
+                inputs = value(input[0])
+            else:
+                inputs = [value(i) for i in input]
         with _connect(url, policy, simulation, token) as conn:
             outputs = conn.run_model(model, inputs)
     if as_json:
         _print_json(
             {
-                k: {"datatype": str(v.dtype), "shape": list(v.shape), "data": v.tolist()}
+                k: {"datatype": _datatype(v), "shape": list(v.shape), "data": _listed(v)}
                 for k, v in outputs.items()
             }
         )
     else:
         for k, v in outputs.items():
-            sys.stdout.write(f"{k} {v.dtype} {list(v.shape)}: {v.tolist()}\n")
+            sys.stdout.write(f"{k} {_datatype(v)} {list(v.shape)}: {_listed(v)}\n")
+
+
+def _file_inputs(specs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or Path(spec).exists():
+            name, path = "input", spec
+        try:
+            out[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--file {path}: {exc.strerror or exc}") from None
+    return out
+
+
+def _datatype(array: Any) -> str:
+    """numpy's dtype name, as the CLI has always printed it; BYTES for files and text."""
+    return "BYTES" if array.dtype == object else str(array.dtype)
+
+
+def _listed(array: Any) -> Any:
+    """Output values for printing: BYTES as text where they are UTF-8 (else base64)."""
+    if array.dtype != object:
+        return array.tolist()
+
+    def text(item: bytes) -> str:
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(item).decode()
+
+    flat = [text(bytes(x)) for x in array.reshape(-1)]
+    return flat
 
 
 @app.command()

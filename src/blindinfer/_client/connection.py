@@ -317,10 +317,17 @@ class Connection:
         restricted: bool = False,
         progress: Callable[[int, int], None] | None = None,
     ) -> ModelInfo:
-        """Stream a model's raw ONNX bytes to the server (owner token needed)."""
-        data = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+        """Stream a model's raw ONNX bytes to the server (owner token needed). A folder is a
+        pipeline bundle (``pipeline.json`` + its files): packed into one archive and uploaded as
+        one unit, whose sha256 covers every file."""
+        if not isinstance(model, bytes | bytearray) and Path(model).is_dir():
+            from blindinfer._pipelines.bundle import pack_dir
+
+            data: bytes | bytearray = pack_dir(Path(model))
+        else:
+            data = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
         if name is None and not isinstance(model, bytes | bytearray):
-            name = Path(model).stem
+            name = Path(model).stem if not Path(model).is_dir() else Path(model).name
         total = len(data)
 
         class Chunks:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from blindinfer._wire.tensors import DATATYPES, numpy_dtype
+from blindinfer._wire.tensors import BYTES, DATATYPES, bytes_array, numpy_dtype
 from blindinfer.errors import InvalidInput
 
 
@@ -21,7 +21,29 @@ def _dtype(value: Any) -> np.dtype:
     return dt
 
 
+def _is_bytes_like(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview | str)
+
+
+def _bytes_tensor(value: Any) -> np.ndarray:
+    """A BYTES tensor from bytes/str, a list of them, or an object array (files, text)."""
+    if isinstance(value, np.ndarray):
+        return value
+    items = [value] if _is_bytes_like(value) else list(value)
+    if not all(_is_bytes_like(v) for v in items):
+        raise InvalidInput("a BYTES input takes bytes or str, or a list of them")
+    return bytes_array([v if isinstance(v, str) else bytes(v) for v in items])
+
+
 def _as_array(value: Any, spec: Mapping[str, Any] | None, dtype: Any, shape: Any) -> np.ndarray:
+    wants_bytes = (dtype is not None and str(dtype).upper() == BYTES) or (
+        dtype is None and spec is not None and str(spec.get("datatype", "")).upper() == BYTES
+    )
+    if wants_bytes or _is_bytes_like(value):
+        array = _bytes_tensor(value)
+        if shape is not None:
+            array = array.reshape(tuple(shape))
+        return array
     if hasattr(value, "detach") and hasattr(
         value, "cpu"
     ):  # a torch tensor, without importing torch

@@ -28,7 +28,9 @@ import numpy as np
 import onnxruntime as ort
 
 from blindinfer._engine import limits
-from blindinfer._engine.validate import parse_model, signature_of
+from blindinfer._engine.validate import Signature, parse_model, signature_of
+from blindinfer._pipelines import bundle
+from blindinfer._pipelines.base import Pipeline, PipelineLimits
 from blindinfer._storage.manifest import Entry, Manifest, StoreManifest, is_disk_full
 from blindinfer._storage.sealed import SealedStore, SealWriter
 from blindinfer._wire.models import ModelInfo, TensorSpec
@@ -41,6 +43,7 @@ from blindinfer.errors import (
     LimitExceeded,
     ModelNotFound,
     PayloadTooLarge,
+    ServerError,
     StoreError,
     first_line,
 )
@@ -69,6 +72,19 @@ class EngineOptions:
     max_run_seconds: float = 60.0
     max_run_memory: int | None = None  # onnxruntime working-memory cap; None = uncapped
     max_load_seconds: float = 120.0
+
+
+class PipelineSession:
+    """A pipeline behind onnxruntime's ``run(names, feeds, run_options)``: the registry runs a
+    pipeline exactly like a model (same checks, time limit, cancellation)."""
+
+    def __init__(self, pipeline: Pipeline, kind: str) -> None:
+        self.pipeline = pipeline
+        self.kind = kind
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray], options: Any) -> list[Any]:
+        out = self.pipeline.run(feeds, options)
+        return [out[n] for n in names]
 
 
 def release_model_bytes(session: Any) -> None:
@@ -277,18 +293,12 @@ class ModelRegistry:
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self.watchdog = limits.Watchdog(self.options.max_run_seconds)
+        self.pipeline_limits = PipelineLimits()
 
     # --- loading -------------------------------------------------------------------------------
 
-    def _build(
-        self,
-        data: bytes,
-        model_id: str,
-        name: str,
-        created: str,
-        restricted: bool,
-        sha256: Callable[[], str] | None = None,
-    ) -> LoadedModel:
+    def _session(self, data: bytes, label: str = "the model") -> Any:
+        """A validated onnxruntime session for one ONNX graph, within the load time limit."""
         parse_model(data)
         if limits.abandoned_loads() >= MAX_ABANDONED_LOADS:
             raise LimitExceeded(
@@ -303,14 +313,43 @@ class ModelRegistry:
             )
         except limits._LoadTimeout:
             raise InvalidModel(
-                f"onnxruntime did not finish loading the model within "
+                f"onnxruntime did not finish loading {label} within "
                 f"{self.options.max_load_seconds:g} s (setting max_load_seconds); the load was "
                 "abandoned"
             ) from None
         except Exception as exc:  # onnxruntime raises its own untyped exception classes
-            raise InvalidModel(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+            raise InvalidModel(f"onnxruntime cannot load {label}: {first_line(exc)}") from exc
         release_model_bytes(session)
-        sig = signature_of(session)
+        return session
+
+    def _runnable(self, data: bytes) -> tuple[Any, Signature, str | None]:
+        """(session-like object, its signature, pipeline kind or None) for an upload: an ONNX
+        model, or a pipeline bundle whose every graph is validated like a model."""
+        if not bundle.is_bundle(data):
+            session = self._session(data)
+            return session, signature_of(session), None
+        unpacked = bundle.unpack(data, self.options.max_model_size)
+        try:
+            pipeline = bundle.build(unpacked, self._session, self.pipeline_limits)
+        except (InvalidModel, LimitExceeded):
+            raise
+        except Exception as exc:  # a bundle whose data files its kind cannot use
+            raise InvalidModel(
+                f"the {unpacked.kind} pipeline bundle cannot be built: {first_line(exc)}"
+            ) from None
+        sig = Signature(tuple(pipeline.inputs), tuple(pipeline.outputs))
+        return PipelineSession(pipeline, unpacked.kind), sig, unpacked.kind
+
+    def _build(
+        self,
+        data: bytes,
+        model_id: str,
+        name: str,
+        created: str,
+        restricted: bool,
+        sha256: Callable[[], str] | None = None,
+    ) -> LoadedModel:
+        session, sig, kind = self._runnable(data)
         info = ModelInfo(
             model_id=model_id,
             name=name,
@@ -320,6 +359,7 @@ class ModelRegistry:
             inputs=sig.inputs,
             outputs=sig.outputs,
             restricted=restricted,
+            pipeline=kind,
         )
         return LoadedModel(
             info=info,
@@ -789,6 +829,16 @@ class ModelRegistry:
         return dict(zip(names, results, strict=True))
 
     def _run_error(self, model: LoadedModel, handle: limits.RunHandle, exc: Exception) -> Exception:
+        if handle.reason is None and isinstance(exc, ServerError):
+            return exc  # a pipeline stage's own refusal (InvalidInput, LimitExceeded): as is
+        if handle.reason is None and isinstance(model.session, PipelineSession):
+            if isinstance(exc, MemoryError):
+                return LimitExceeded(f"the run of model {model.info.name!r} ran out of memory")
+            if not limits.is_arena_exhausted(exc):
+                return InvalidInput(
+                    f"the {model.session.kind} pipeline {model.info.name!r} could not process "
+                    f"this input ({type(exc).__name__})"
+                )
         if handle.reason == "time":
             seconds = handle.seconds
             return LimitExceeded(

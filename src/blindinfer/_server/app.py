@@ -161,7 +161,9 @@ def _build_starlette(state: ServerState) -> Starlette:
             {
                 "name": info.name,
                 "versions": ["1"],
-                "platform": "onnxruntime_onnx",
+                "platform": (
+                    f"blindinfer_pipeline:{info.pipeline}" if info.pipeline else "onnxruntime_onnx"
+                ),
                 "inputs": [t.to_json() for t in info.inputs],
                 "outputs": [t.to_json() for t in info.outputs],
                 "model_id": info.model_id,

@@ -108,6 +108,13 @@ class Settings(BaseModel):
     )
     hostnames: list[str] = Field(default_factory=list, description="extra certificate SANs")
     demo_model: bool = Field(True, description="preload the small demo model")
+    examples: bool = Field(
+        False, description="preload the example pipelines (whisper-tiny-en, face-embed, ocr, ...)"
+    )
+    examples_dir: Path = Field(
+        Path(".cache/examples"),
+        description="where `make examples` wrote the example bundles (manifest.json + folders)",
+    )
     max_model_size: int = Field(512 * 1024**2, gt=0, description="largest model upload (bytes)")
     max_request_size: int = Field(64 * 1024**2, gt=0, description="largest inference request")
     max_models: int = Field(32, gt=0, description="most models held at once")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import uvicorn
 from blindinfer._engine.demo import DEMO_NAME, demo_model_bytes
 from blindinfer._engine.registry import EngineOptions, ModelRegistry
 from blindinfer._keys import release_key
+from blindinfer._pipelines.bundle import pack_dir
 from blindinfer._server._internals import http_protocol_class, load_config
 from blindinfer._server.app import build_app
 from blindinfer._server.coalesce import coalescing
@@ -153,11 +155,36 @@ def build_state(
         log.warning("%d stored model(s) could not be loaded and were left on disk", len(failed))
     if settings.demo_model and not any(i.name == DEMO_NAME for i in registry.list()):
         registry.add(demo_model_bytes(), name=DEMO_NAME, persist=False)
+    if settings.examples:
+        load_examples(registry, settings.examples_dir)
     registry.start_sync(settings.store_poll_seconds)
     executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
     state = ServerState(settings, backend, registry, tls, digest, executor)
     state.evidence()  # fail at start-up, not on the first client, if the TEE cannot attest
     return state, new_token
+
+
+def load_examples(registry: ModelRegistry, folder: Path) -> None:
+    """Serve every bundle ``make examples`` built (in memory, like the demo model), named as
+    in its manifest; ConfigError telling how to build them when they are not there."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(
+            f"no example bundles in {folder} (no manifest.json): run `make examples` first, or "
+            "point --examples-dir at its output"
+        )
+    names = sorted(json.loads(manifest.read_text()))
+    present = {i.name for i in registry.list()}
+    for i, name in enumerate(names):
+        if name in present:
+            continue
+        log.info("loading example pipelines: %d/%d %s", i + 1, len(names), name)
+        try:
+            data = pack_dir(folder / name)
+        except OSError as exc:
+            raise ConfigError(f"example bundle {name} cannot be read: {exc}") from None
+        registry.add(data, name=name, persist=False)
+    log.info("loading example pipelines: %d/%d done", len(names), len(names))
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

@@ -43,8 +43,15 @@ class ModelInfo:
     outputs: tuple[TensorSpec, ...]
     created: str = ""
     restricted: bool = False
+    pipeline: str | None = None  # the built-in pipeline kind of a bundle; None for ONNX
 
     def to_json(self) -> dict[str, Any]:
+        doc = self._fields()
+        if self.pipeline is not None:
+            doc["pipeline"] = self.pipeline
+        return doc
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id,
             "name": self.name,
@@ -69,6 +76,7 @@ class ModelInfo:
                 outputs=tuple(TensorSpec.from_json(t) for t in doc["outputs"]),
                 created=str(doc.get("created", "")),
                 restricted=bool(doc.get("restricted", False)),
+                pipeline=str(doc["pipeline"]) if doc.get("pipeline") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ServerError(f"malformed model document from the server: {exc!r}") from None

@@ -16,8 +16,13 @@ from typing import Any, Final
 import numpy as np
 
 from blindinfer._wire.tensors import (
+    ALL_DATATYPES,
+    BYTES,
     DATATYPES,
+    MAX_BYTES_ELEMENTS,
     MAX_DIMS,
+    bytes_array,
+    bytes_elements,
     datatype_of,
     element_count,
     from_wire_bytes,
@@ -135,10 +140,11 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
 
 def _datatype(raw: Any, name: str) -> str:
     datatype = raw.upper() if isinstance(raw, str) else None
-    if datatype not in DATATYPES:
+    if datatype not in ALL_DATATYPES:
         shown = _label(raw) if isinstance(raw, str) else f"of JSON type {_json_type(raw)}"
         raise InvalidInput(
-            f"input {_label(name)}: unsupported datatype {shown}; supported: {', '.join(DATATYPES)}"
+            f"input {_label(name)}: unsupported datatype {shown}; supported: "
+            f"{', '.join(ALL_DATATYPES)}"
         )
     return datatype
 
@@ -230,10 +236,36 @@ def _out_of_range(datatype: str, where: str) -> InvalidInput:
     return InvalidInput(f"{where}: a value is out of its range ({info.min} to {info.max})")
 
 
+def _json_bytes(where: str, shape: tuple[int, ...], count: int, values: np.ndarray) -> np.ndarray:
+    """BYTES in JSON: each element a string, sent as its UTF-8 bytes."""
+    if values.size != count:
+        raise InvalidInput(
+            f"{where}: {values.size} values given for shape {list(shape)} ({count} needed)"
+        )
+    if not all(isinstance(v, str) for v in values.flat):
+        raise InvalidInput(f"{where}: BYTES values in JSON must be strings")
+    try:
+        return bytes_array([str(v) for v in values.flat], shape)
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) is valid JSON, not UTF-8
+        raise InvalidInput(f"{where}: a BYTES string is not valid Unicode text") from None
+
+
 def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     where = f"input {_label(name)}"
     if data is None:
         raise InvalidInput(f"{where}: no 'data' and no binary_data_size")
+    if datatype == BYTES:
+        try:
+            count = element_count(shape)
+        except ValueError as exc:
+            raise InvalidInput(f"{where}: {exc}") from None
+        if count > MAX_BYTES_ELEMENTS:
+            raise InvalidInput(
+                f"{where}: a BYTES tensor may have at most {MAX_BYTES_ELEMENTS} elements, the "
+                f"shape has {count}"
+            )
+        data = [data] if isinstance(data, str) else data
+        return _json_bytes(where, shape, count, _layout(data, where))
     try:
         count = element_count(shape, DATATYPES[datatype].itemsize)
     except ValueError as exc:
@@ -378,7 +410,7 @@ def encode_infer_response(
             desc["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            desc["data"] = array.reshape(-1).tolist()
+            desc["data"] = _json_data(name, array)
         descs.append(desc)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": descs}
     if request_id is not None:
@@ -387,6 +419,18 @@ def encode_infer_response(
     if not blobs:
         return [header], None
     return [header, *blobs], len(header)
+
+
+def _json_data(name: str, array: np.ndarray) -> list[Any]:
+    if array.dtype != object:
+        return list(array.reshape(-1).tolist())
+    try:
+        return [item.decode("utf-8") for item in bytes_elements(array)]
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"output {_label(name)} holds bytes that are not UTF-8 text: request it as binary "
+            "data (parameters.binary_data)"
+        ) from None
 
 
 def encode_infer_request(
@@ -426,6 +470,8 @@ def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np
         if size is not None:
             out[item["name"]] = from_wire_bytes(view[offset : offset + size], datatype, shape)
             offset += size
+        elif datatype == BYTES:
+            out[item["name"]] = bytes_array([str(v) for v in item["data"]], shape)
         else:
             out[item["name"]] = np.asarray(item["data"], dtype=DATATYPES[datatype]).reshape(shape)
     return out
