@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import numpy as np
 
 from blindinfer._client.tensors import to_named_arrays
-from blindinfer._client.tls import VerifiedCertificates, evidence_context
+from blindinfer._client.tls import VerifiedCertificates, evidence_context, pinned_context
 from blindinfer._client.transport import Exchange, Reply, Transport
 from blindinfer._wire import oip
 from blindinfer._wire.attestation import AttestationDocument
@@ -275,6 +276,14 @@ class Connection:
         """sha256 (hex) of every server certificate this connection has verified (one per
         replica reached behind a balancer; bounded, least recently seen forgotten first)."""
         return self._verified.digests()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client SSLContext that completes a handshake only with the certificate attested by
+        ``connect()`` (compared byte for byte before any request byte leaves), for other HTTP
+        clients on the same attested channel, e.g. ``httpx.Client(verify=conn.ssl_context())``
+        under the ``openai`` client. Host names are not checked: the identity is the attested
+        key. Behind a balancer of replicas it reaches only the attested one's certificate."""
+        return pinned_context(self.certificate_der)
 
     # --- plumbing ------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Routes (one HTTPS port, TLS terminated inside the TEE):
 - GET  /blindinfer/v1/models                    list models (no bytes, ever)
 - POST /blindinfer/v1/models?name=&replace=&restricted=   streaming raw ONNX upload (owner)
 - DELETE /blindinfer/v1/models/{ref}            delete (owner)
+- POST /v1/embeddings, /v1/audio/transcriptions  OpenAI-compatible (``openai_compat.py``)
 
 ``ref`` is a model id, name or sha256. Errors are ``{"error": message}`` with a 4xx status that
 names the problem; nothing about inputs or outputs is ever logged.
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from blindinfer import __version__
 from blindinfer._engine.registry import LoadedModel, Upload
+from blindinfer._server import openai_compat
 from blindinfer._server.infer import InferEndpoint, check_version, infer_ref
 from blindinfer._server.requests import content_length, require_owner
 from blindinfer._server.state import ServerState
@@ -237,6 +239,12 @@ def _build_starlette(state: ServerState) -> Starlette:
         log.info("model %s deleted (id %s)", info.name, info.model_id)
         return _json(info.to_json())
 
+    async def embeddings(request: Request) -> Response:
+        return await openai_compat.embeddings(state, request)
+
+    async def transcriptions(request: Request) -> Response:
+        return await openai_compat.transcriptions(state, request)
+
     async def on_server_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServerError)
         headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
@@ -272,6 +280,8 @@ def _build_starlette(state: ServerState) -> Starlette:
         Route("/blindinfer/v1/models", list_models, methods=["GET"]),
         Route("/blindinfer/v1/models", upload, methods=["POST"]),
         Route("/blindinfer/v1/models/{ref}", delete, methods=["DELETE"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
     ]
     # POST .../infer is served by InferEndpoint; this route only answers other methods.
     routes.append(Route("/v2/models/{ref}/infer", _post_only, methods=["GET", "PUT", "DELETE"]))
