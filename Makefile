@@ -36,8 +36,8 @@ serve-examples: examples
 	$(BIN)/blindinfer serve --examples $(ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests bench convert
-	$(BIN)/ruff format --check src tests bench convert
+	$(BIN)/ruff check src tests bench convert examples
+	$(BIN)/ruff format --check src tests bench convert examples
 
 typecheck: install
 	$(BIN)/mypy

@@ -260,3 +260,36 @@ def test_a_bundle_with_a_bad_graph_is_refused_whole(
     assert "minilm-bad" not in {m.name for m in conn.list_models()}
     digest = hashlib.sha256(pack(good)).hexdigest()
     assert any(m.sha256 == digest for m in conn.list_models())  # the served one is intact
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _example(script: str, server: ServerProcess, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDINFER_")}
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args, "--url", server.url, "--simulation"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_the_example_scripts_run(server: ServerProcess, tmp_path: Path) -> None:
+    files = {
+        "speech.wav": _inputs.speech(SENTENCE),
+        "cat.jpg": _inputs.photo("chelsea"),
+        "astronaut.jpg": _inputs.photo("astronaut"),
+        "astronaut.png": _inputs.photo("astronaut", "PNG"),
+        "invoice.png": _documents.invoice()[0],
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    assert "fox" in _example("transcribe.py", server, str(tmp_path / "speech.wav")).lower()
+    assert "cat" in _example("classify_photo.py", server, str(tmp_path / "cat.jpg")).lower()
+    same = _example("face_verify.py", server, str(tmp_path / "astronaut.jpg"),
+                    str(tmp_path / "astronaut.png"))  # fmt: skip
+    assert same.startswith("same person")
+    assert "TOTAL" in _example("invoice_ocr.py", server, str(tmp_path / "invoice.png"))
+    ranked = _example("semantic_search.py", server, "I forgot my password").splitlines()
+    assert "password" in ranked[0]
