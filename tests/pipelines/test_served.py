@@ -19,7 +19,7 @@ import pytest
 from convert._driver import CONVERTERS, build_all
 
 import blindinfer
-from blindinfer.errors import InvalidInput, InvalidModel, LimitExceeded, ServerError
+from blindinfer.errors import InvalidInput, InvalidModel, PayloadTooLarge, ServerError
 from tests._server import ServerProcess, start_server
 from tests.pipelines import _documents, _inputs
 
@@ -118,7 +118,7 @@ IMAGE_MODELS = ["mobilenet-imagenet", "face-embed", "ocr"]
     ("data", "error", "message"),
     [
         (b"%PDF-1.4 not an image", InvalidInput, "not a JPEG or PNG"),
-        (_inputs.png_bomb(), LimitExceeded, "100000x100000"),
+        (_inputs.png_bomb(), PayloadTooLarge, "100000x100000"),
         (b"", InvalidInput, "empty"),
     ],
 )

@@ -3,8 +3,9 @@
 Each kind module (``text_embedding``, ``image_classification``, ``face``, ``ocr``, ``speech``)
 exposes ``KIND`` (the manifest's ``kind`` string) and ``build(ctx) -> Pipeline``. Inputs are
 client data: every size, count and loop bound comes from :class:`PipelineLimits` and is checked
-before work is done; a bad input raises :class:`blindinfer.errors.InvalidInput` (or
-``LimitExceeded``) with a message naming the problem and nothing about the server.
+before work is done; a bad input raises :class:`blindinfer.errors.InvalidInput` (400), an input
+past a bound ``PayloadTooLarge`` (413), each with a message naming the problem and nothing about
+the server. (``LimitExceeded``, 503, is the server's own run limits: time, memory.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from blindinfer._wire.models import TensorSpec
-from blindinfer.errors import InvalidInput, LimitExceeded
+from blindinfer.errors import InvalidInput, PayloadTooLarge
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def bytes_items(
     if array.size == 0:
         raise InvalidInput(f"input {name!r} is empty: send at least one element")
     if array.size > max_items:
-        raise LimitExceeded(
+        raise PayloadTooLarge(
             f"input {name!r} has {array.size} elements; at most {max_items} are accepted"
         )
     items: list[bytes] = []
@@ -78,7 +79,7 @@ def bytes_items(
         if not item:
             raise InvalidInput(f"input {name!r}: element {i} is empty")
         if len(item) > max_bytes:
-            raise LimitExceeded(
+            raise PayloadTooLarge(
                 f"input {name!r}: element {i} is {len(item)} bytes; at most {max_bytes} are "
                 "accepted"
             )

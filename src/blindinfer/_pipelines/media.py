@@ -13,9 +13,21 @@ import warnings
 import numpy as np
 
 from blindinfer._pipelines.base import PipelineLimits
-from blindinfer.errors import InvalidInput, LimitExceeded
+from blindinfer.errors import InvalidInput, PayloadTooLarge
 
 IMAGE_FORMATS = ("JPEG", "PNG")
+# Pillow's own bomb check refuses on open with no sizes in its message; ours (decode_image) runs
+# right after the header is read, before any pixel is decoded, and names the sizes.
+_PIL_CHECKED = False
+
+
+def _pillow() -> None:
+    global _PIL_CHECKED
+    if not _PIL_CHECKED:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        _PIL_CHECKED = True
 MIN_AUDIO_RATE = 4_000
 MAX_AUDIO_RATE = 384_000
 _MAX_RESAMPLE_FACTOR = 1_000  # up/down of the rational resampling ratio (common rates: <= 441)
@@ -25,6 +37,9 @@ def decode_image(data: bytes, limits: PipelineLimits, *, what: str = "the image"
     """RGB pixels (height x width x 3, uint8) of a JPEG or PNG, EXIF orientation applied."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _pillow()
+    if not data:
+        raise InvalidInput(f"{what} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -32,7 +47,7 @@ def decode_image(data: bytes, limits: PipelineLimits, *, what: str = "the image"
     except UnidentifiedImageError:
         raise InvalidInput(f"{what} is not a JPEG or PNG file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise LimitExceeded(f"{what} declares more pixels than accepted") from None
+        raise PayloadTooLarge(f"{what} declares more pixels than accepted") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidInput(f"{what} cannot be read: {exc}") from None
     width, height = img.size
@@ -43,7 +58,7 @@ def decode_image(data: bytes, limits: PipelineLimits, *, what: str = "the image"
         or height > limits.max_image_side
         or width * height > limits.max_image_pixels
     ):
-        raise LimitExceeded(
+        raise PayloadTooLarge(
             f"{what} is {width}x{height} pixels; at most {limits.max_image_pixels} pixels and "
             f"{limits.max_image_side} on a side are accepted"
         )
@@ -60,6 +75,8 @@ def decode_wav(data: bytes, limits: PipelineLimits) -> tuple[np.ndarray, int]:
     or IEEE float, any channel count up to the limit)."""
     from scipy.io import wavfile
 
+    if not data:
+        raise InvalidInput("the audio is empty")
     if data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
         raise InvalidInput("the audio is not a WAV file (no RIFF/WAVE header)")
     try:
@@ -79,7 +96,7 @@ def decode_wav(data: bytes, limits: PipelineLimits) -> tuple[np.ndarray, int]:
         )
     seconds = samples.shape[0] / rate
     if seconds > limits.max_audio_seconds:
-        raise LimitExceeded(
+        raise PayloadTooLarge(
             f"the recording is {seconds:.1f} s long; at most {limits.max_audio_seconds:g} s "
             "are accepted"
         )
