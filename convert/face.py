@@ -385,7 +385,7 @@ def build(out: Path) -> None:
     recog = _recognition_onnx(weights)
     _check_recognition(weights, recog)
     (out / "recog.onnx").write_bytes(recog)
-    graphs["recognizer"] = "recog.onnx"
+    graphs["embed"] = "recog.onnx"
     manifest = {
         "blindinfer_pipeline": 1,
         "kind": "face-embedding",

@@ -120,7 +120,7 @@ class FacePipeline:
         self._pnet = ctx.session("pnet")
         self._rnet = ctx.session("rnet")
         self._onet = ctx.session("onet")
-        self._recog = ctx.session("recognizer")
+        self._recog = ctx.session("embed")
         self._min_face = float(cfg.get("min_face", 20))
         self._factor = float(cfg.get("factor", 0.709))
         self._max_levels = int(cfg.get("max_levels", 24))
