@@ -394,3 +394,69 @@ def build(out: Path) -> None:
         "config": CONFIG,
     }
     (out / "pipeline.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+
+
+# face-api's own forward pass (tfjs CPU backend, under node), for a manual cross-check:
+# ``python -c "import convert.face as f; print(f.check_against_face_api_js())"``.
+_NODE_CHECK = r"""
+try { Object.defineProperty(process.versions, 'node', { value: undefined, configurable: true }); }
+catch (e) { }
+const faceapi = await import(process.argv[2] + '/dist/face-api.esm.js');
+const fs = await import('fs');
+const tf = faceapi.tf;
+tf.env().setPlatform('plain', {
+  isTypedArray: (a) => ArrayBuffer.isView(a) && !(a instanceof DataView),
+  encode: (s) => new TextEncoder().encode(s), decode: (b, e) => new TextDecoder(e).decode(b),
+  now: () => performance.now(), fetch: () => { throw new Error('no fetch'); },
+  setTimeoutCustom: (f, t) => setTimeout(f, t) });
+await tf.setBackend('cpu'); await tf.ready();
+class K {}
+faceapi.env.setEnv({ Canvas: K, CanvasRenderingContext2D: K, Image: K, ImageData: K, Video: K,
+  createCanvasElement: () => ({}), createImageElement: () => ({}),
+  createVideoElement: () => ({}), fetch: () => { throw new Error('no'); },
+  readFile: () => { throw new Error('no'); } });
+const dir = process.argv[2] + '/model/';
+const manifest = JSON.parse(fs.readFileSync(dir + 'face_recognition_model-weights_manifest.json'));
+const bin = fs.readFileSync(dir + 'face_recognition_model.bin');
+const ab = bin.buffer.slice(bin.byteOffset, bin.byteOffset + bin.byteLength);
+const net = faceapi.nets.faceRecognitionNet;
+net.loadFromWeightMap(tf.io.decodeWeights(ab, manifest[0].weights));
+const raw = fs.readFileSync(process.argv[3]);
+const pixels = new Float32Array(raw.buffer, raw.byteOffset, 150 * 150 * 3);
+const x = tf.tensor4d(pixels, [1, 150, 150, 3]);
+const out = net.forwardInput(await faceapi.toNetInput(x));
+fs.writeFileSync(process.argv[4], JSON.stringify(Array.from(await out.data())));
+"""
+
+
+def check_against_face_api_js(onnx_path: Path | None = None) -> float:
+    """Max relative difference between face-api's JS forward pass (node + its bundled tfjs)
+    and the converted recognition ONNX on one random 150x150 input."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    import onnxruntime as ort
+
+    tarball = fetch(PINS[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with tarfile.open(tarball) as tf:
+            tf.extractall(root, filter="data")
+        img = np.random.default_rng(0).uniform(0, 255, (RECOG_SIZE, RECOG_SIZE, 3))
+        img = img.astype(np.float32)
+        img.tofile(root / "probe.f32")
+        (root / "check.mjs").write_text(_NODE_CHECK)
+        subprocess.run(
+            ["node", str(root / "check.mjs"), str(root / "package"), str(root / "probe.f32"),
+             str(root / "out.json")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        js = np.array(json.loads((root / "out.json").read_text()), np.float64)
+        if onnx_path is None:
+            onnx_bytes = _recognition_onnx(read_tfjs(tarball))
+        else:
+            onnx_bytes = onnx_path.read_bytes()
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": img.transpose(2, 0, 1)[None]})[0][0]
+    return float(np.abs(got - js).max() / np.abs(js).max())
