@@ -39,7 +39,9 @@ DICTIONARY = "ppocr_keys.txt"
 
 # What the pipeline is told (src/blindinfer/_pipelines/ocr.py documents each key).
 CONFIG = {
-    "det_max_side": 1280,  # detector input: longest side at most this (multiples of 32)
+    "det_max_pixels": 1280 * 1280,  # detector input: the page shrunk to about this many pixels
+    "det_max_side": 4096,  # ... and this many on a side (sides are multiples of 32)
+    "det_pad": 32,  # detector input framed by this margin of the page's border colour
     "det_thresh": 0.3,  # DB: probability-map binarisation threshold
     "box_thresh": 0.55,  # DB: mean probability a text region needs
     "unclip_ratio": 2.2,  # DB: grown by area * ratio / perimeter (1.6 cut lines too tight)

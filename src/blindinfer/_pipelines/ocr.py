@@ -9,13 +9,15 @@ Served contract::
     output "boxes"  FP32  [m, 4] x0, y0, x1, y1 of each line, pixels of the decoded image
 
 Bounds: the image is refused past ``max_image_pixels``/``max_image_side`` before decoding; the
-detector sees at most ``det_max_side`` pixels on a side; more than ``max_text_lines`` text
-regions is refused (LimitExceeded) before any line is recognised; a recognised line is at most
+detector sees at most about ``det_max_pixels`` pixels and ``det_max_side`` on a side
+(the image is shrunk to fit, never enlarged); more than ``max_text_lines`` text
+regions is refused (PayloadTooLarge) before any line is recognised; a recognised line is at most
 ``rec_max_width`` pixels wide at ``rec_height`` (a longer one is squeezed), so its text is at
 most rec_max_width / 8 characters.
 
-Manifest ``config`` (all optional, defaults below): ``det_max_side``, ``det_thresh``,
-``box_thresh``, ``unclip_ratio``, ``min_box_side``, ``rec_height``, ``rec_max_width``,
+Manifest ``config`` (all optional, defaults below): ``det_max_pixels``, ``det_max_side``,
+``det_pad``, ``det_thresh``, ``box_thresh``, ``unclip_ratio``, ``min_box_side``, ``rec_height``,
+``rec_max_width``,
 ``rec_batch``, ``cls_thresh``, ``use_classifier``, ``text_score``. Graphs: ``detector``,
 ``recognizer`` and (when ``use_classifier``) ``classifier``; asset ``dictionary``: the
 recogniser's characters, one per line (CTC class i+1; the last class is a space).
@@ -34,7 +36,7 @@ from blindinfer._pipelines.base import BuildContext, PipelineLimits, bytes_array
 from blindinfer._pipelines.media import decode_image
 from blindinfer._pipelines.ocr_postprocess import ctc_greedy, db_regions, reading_order
 from blindinfer._wire.models import TensorSpec
-from blindinfer.errors import InvalidModel, LimitExceeded
+from blindinfer.errors import InvalidModel, PayloadTooLarge
 
 KIND: Final = "ocr"
 MAX_IMAGE_BYTES: Final = 64 * 1024 * 1024  # one encoded page
@@ -42,11 +44,14 @@ _CLS_SHAPE: Final = (48, 192)  # the PP-OCR direction classifier's input (height
 _REC_MIN_WIDTH: Final = 320  # PP-OCR pads recogniser batches to at least 320 x 48
 _CLS_WINDOWS: Final = 4  # classifier windows read per line
 _MAX_SIDE_CAP: Final = 4096  # det_max_side / rec_max_width a manifest may ask for
+_MAX_DET_PIXELS: Final = 4096 * 4096  # det_max_pixels a manifest may ask for
 
 
 @dataclass(frozen=True)
 class _Config:
-    det_max_side: int = 1280
+    det_max_pixels: int = 1280 * 1280
+    det_max_side: int = 4096
+    det_pad: int = 32
     det_thresh: float = 0.3
     box_thresh: float = 0.55
     unclip_ratio: float = 2.2
@@ -76,8 +81,14 @@ class _Config:
                 raise InvalidModel(f"pipeline.json: config.{name} must be a {kind.__name__}")
             values[name] = value
         conf = cls(**values)
+        if not 0 <= conf.det_pad <= 256 or conf.det_pad % 16:
+            raise InvalidModel("pipeline.json: config.det_pad must be a multiple of 16, 0-256")
         if not 32 <= conf.det_max_side <= _MAX_SIDE_CAP:
             raise InvalidModel(f"pipeline.json: config.det_max_side must be 32-{_MAX_SIDE_CAP}")
+        if not 32 * 32 <= conf.det_max_pixels <= _MAX_DET_PIXELS:
+            raise InvalidModel(
+                f"pipeline.json: config.det_max_pixels must be {32 * 32}-{_MAX_DET_PIXELS}"
+            )
         if not 8 <= conf.rec_height <= 128 or not conf.rec_height <= conf.rec_max_width:
             raise InvalidModel("pipeline.json: config.rec_height must be 8-128")
         if conf.rec_max_width > _MAX_SIDE_CAP:
@@ -159,11 +170,23 @@ class OcrPipeline:
 
         conf = self._conf
         height, width = rgb.shape[:2]
-        scale = min(1.0, conf.det_max_side / max(height, width))
-        det_h = max(32, min(conf.det_max_side, round(height * scale / 32) * 32))
-        det_w = max(32, min(conf.det_max_side, round(width * scale / 32) * 32))
-        img = Image.fromarray(rgb).resize((det_w, det_h), Image.Resampling.BILINEAR)
-        x = _normalise(np.asarray(img))[None]
+        # never enlarged; shrunk to the pixel budget (a long strip keeps its resolution)
+        scale = min(
+            1.0,
+            math.sqrt(conf.det_max_pixels / (height * width)),
+            conf.det_max_side / max(height, width),
+        )
+        side = conf.det_max_side // 32 * 32
+        det_h = max(32, min(side, round(height * scale / 32) * 32))
+        det_w = max(32, min(side, round(width * scale / 32) * 32))
+        img = np.asarray(Image.fromarray(rgb).resize((det_w, det_h), Image.Resampling.BILINEAR))
+        # a margin of the page's border colour: the detector misses text that touches the edge
+        pad = conf.det_pad
+        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+        framed = np.empty((det_h + 2 * pad, det_w + 2 * pad, 3), np.uint8)
+        framed[:] = np.median(border, axis=0).astype(np.uint8)
+        framed[pad : pad + det_h, pad : pad + det_w] = img
+        x = _normalise(framed)[None]
         (prob,) = self._det.run(None, {self._det_in: x}, run_options)
         regions = db_regions(
             np.asarray(prob, dtype=np.float32)[0, 0],
@@ -174,11 +197,11 @@ class OcrPipeline:
         )
         n = len(regions.quads)
         if n > self._limits.max_text_lines:
-            raise LimitExceeded(
+            raise PayloadTooLarge(
                 f"the page image holds {n} text regions; at most "
                 f"{self._limits.max_text_lines} lines are read"
             )
-        quads = regions.quads.copy()
+        quads = regions.quads - pad
         quads[:, :, 0] *= width / det_w
         quads[:, :, 1] *= height / det_h
         return quads
