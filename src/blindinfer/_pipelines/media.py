@@ -28,6 +28,8 @@ def _pillow() -> None:
 
         Image.MAX_IMAGE_PIXELS = None
         _PIL_CHECKED = True
+
+
 MIN_AUDIO_RATE = 4_000
 MAX_AUDIO_RATE = 384_000
 _MAX_RESAMPLE_FACTOR = 1_000  # up/down of the rational resampling ratio (common rates: <= 441)
