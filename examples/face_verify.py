@@ -13,7 +13,7 @@ from _common import connect, parser
 
 # Euclidean distance between L2-normalised embeddings below which two faces are one person
 # (aligned crops; measured in docs/pipelines/face.md).
-THRESHOLD = 0.6
+THRESHOLD = 0.4
 
 ap = parser(__doc__ or "")
 ap.add_argument("enrol", type=Path, help="a photo of the person (JPEG or PNG)")
