@@ -38,6 +38,7 @@ from blindinfer._wire import oip
 from blindinfer._wire.attestation import AttestationDocument
 from blindinfer._wire.models import ModelInfo
 from blindinfer.attestation import Claims, Evidence, Policy, verify_evidence
+from blindinfer.attestation._ratls import extension_value, verify_certificate
 from blindinfer.attestation._simulation import KindPolicy as SimulationPolicy
 from blindinfer.errors import (
     AttestationError,
@@ -209,7 +210,31 @@ def _verify(
         nonce=nonce,
         roots=opts.trust_roots.get(evidence.kind),
     )
+    _check_certificate_evidence(opts, evidence, cert, claims)
     return claims
+
+
+def _check_certificate_evidence(
+    opts: VerifyOptions, evidence: Evidence, cert: bytes, claims: Claims
+) -> None:
+    """A certificate that carries RA-TLS evidence (attestation/_ratls.py) must carry valid
+    evidence of its own key, from the same TEE as the endpoint's: checked with the same roots,
+    collateral, time and policy. A certificate without the extension relies on the endpoint's
+    evidence alone (BlindAI's convention; servers started with ratls_evidence = false)."""
+    if extension_value(cert) is None:
+        return
+    from_cert = verify_certificate(
+        cert,
+        at=opts.at or datetime.now(UTC),
+        collateral=evidence.collateral,
+        policy=opts.policy,
+        roots=opts.trust_roots.get(evidence.kind),
+    )
+    if from_cert.kind != claims.kind or from_cert.measurements != claims.measurements:
+        raise BindingError(
+            "the evidence inside the TLS certificate comes from another TEE or other code than "
+            "the server's attestation endpoint shows; no data was sent"
+        )
 
 
 class _ConnectionAttestor:

@@ -107,6 +107,11 @@ class Settings(BaseModel):
         None, description="if set, running models also needs this token (or the owner's)"
     )
     hostnames: list[str] = Field(default_factory=list, description="extra certificate SANs")
+    ratls_evidence: bool = Field(
+        True,
+        description="carry the TEE's evidence inside the TLS certificate (interoperable RA-TLS "
+        "extension 2.23.133.5.4.9); costs one more evidence request at start-up",
+    )
     demo_model: bool = Field(True, description="preload the small demo model")
     examples: bool = Field(
         False, description="preload the example pipelines (whisper-tiny-en, face-embed, ocr, ...)"

@@ -126,7 +126,9 @@ def build_state(
 
     # The owner first: a real TEE without a measured owner refuses before touching the store.
     digest, new_token = owner_digest(settings, backend, sealing_key, released=released_owner)
-    tls = generate_identity(settings.hostnames)
+    tls = generate_identity(
+        settings.hostnames, ratls=backend.get_evidence if settings.ratls_evidence else None
+    )
     store_dir = (settings.store_dir or data_dir).resolve()
     store = SealedStore(store_dir / "models", sealing_key)
     manifest = StoreManifest(store_dir, sealing_key, anchor or _anchor(settings, backend))

@@ -2,7 +2,9 @@
 
 The certificate is self-signed; its trust comes from the attestation evidence, which carries
 sha256(certificate DER) in report_data. Its SAN lists ``blindai-srv`` (the name the BlindAI 0.6
-client checks), ``localhost`` and any names the operator configures.
+client checks), ``localhost`` and any names the operator configures. With ``ratls`` it also
+carries evidence of its own public key in the interoperable RA-TLS extension
+(``attestation/_ratls.py``), so one handshake carries the proof.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from blindinfer.attestation._claims import Evidence
+from blindinfer.attestation._ratls import (
+    OID,
+    claims_buffer,
+    encode_extension,
+    report_data_for_claims,
+)
 
 BLINDAI_SAN = "blindai-srv"
 
@@ -56,12 +67,31 @@ def _san(hostnames: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def generate_identity(hostnames: list[str] | None = None, days: int = 365) -> TlsIdentity:
-    """Fresh P-256 key and self-signed certificate (new on every start)."""
+def _ratls_extension(
+    key: ec.EllipticCurvePrivateKey, evidence_for: Callable[[bytes], Evidence]
+) -> x509.UnrecognizedExtension:
+    """Evidence over sha256(claims buffer naming this key), as the RA-TLS extension."""
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    buffer = claims_buffer(spki)
+    evidence = evidence_for(report_data_for_claims(buffer))
+    return x509.UnrecognizedExtension(
+        OID, encode_extension(evidence.kind, evidence.evidence, buffer)
+    )
+
+
+def generate_identity(
+    hostnames: list[str] | None = None,
+    days: int = 365,
+    ratls: Callable[[bytes], Evidence] | None = None,
+) -> TlsIdentity:
+    """Fresh P-256 key and self-signed certificate (new on every start). ``ratls`` (the TEE
+    backend's ``get_evidence``) puts evidence of the key into the certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, BLINDAI_SAN)])
     now = datetime.now(UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -71,8 +101,11 @@ def generate_identity(hostnames: list[str] | None = None, days: int = 365) -> Tl
         .not_valid_after(now + timedelta(days=days))
         .add_extension(_san(hostnames or []), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    if ratls is not None:
+        # Not critical: OpenSSL and mbedTLS refuse certificates with unknown critical extensions.
+        builder = builder.add_extension(_ratls_extension(key, ratls), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -21,6 +21,7 @@ from blindinfer import _kinds
 from blindinfer.attestation._binding import check_binding
 from blindinfer.attestation._claims import Claims, Evidence
 from blindinfer.attestation._policy import Policy
+from blindinfer.attestation._ratls import verify_certificate
 from blindinfer.errors import EvidenceError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Policy",
     "detect_kind",
     "kind_module",
+    "verify_certificate",
     "verify_evidence",
 ]
 
