@@ -283,7 +283,12 @@ def banner(state: ServerState, token: str | None) -> str:
             f"model owner token (shown once, keep it secret): {token}\n"
             f"  export BLINDINFER_OWNER_TOKEN={token}"
         )
-    lines.append(f"try: blindinfer run {url} demo --simulation --input '[[5.1, 3.5, 1.4, 0.2]]'")
+    sim = " --simulation" if state.backend.insecure else ""
+    names = {i.name for i in state.registry.list()}
+    if "demo" in names:
+        lines.append(f"try: blindinfer run {url} demo{sim} --input '[[5.1, 3.5, 1.4, 0.2]]'")
+    if "mobilenet-imagenet" in names:
+        lines.append(f"try: blindinfer run {url} mobilenet-imagenet{sim} --file photo.jpg")
     return "\n".join(lines)
 
 
