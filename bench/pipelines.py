@@ -8,7 +8,9 @@ loads it) and through a real ``blindinfer serve`` process on loopback (attested 
 the OIP binary extension), interleaved in rounds; the ratio is server p50 / in-process p50.
 For the plain ONNX networks of two pipelines (the MiniLM encoder, the face-recognition ResNet)
 tract, BlindAI's engine, is timed too where it loads. BlindAI's own published overheads over
-native onnxruntime are printed beside ours. Needs ``make examples`` first.
+native onnxruntime are printed beside ours. Each pipeline's accuracy on the test inputs
+(clear-rights data made at run time, as in tests/pipelines/) is printed too. Needs
+``make examples`` first.
 """
 
 from __future__ import annotations
@@ -80,6 +82,83 @@ def _np(onnx_type: str) -> Any:
     return {"tensor(int64)": np.int64, "tensor(int32)": np.int32}.get(onnx_type, np.float32)
 
 
+def _items(texts: list[str]) -> dict[str, np.ndarray]:
+    return {"input": np.array([t.encode() for t in texts], object)}
+
+
+def _acc_text(p: Any) -> dict[str, Any]:
+    from tests.pipelines.test_text import PARAPHRASES
+
+    texts = [t for pair in PARAPHRASES for t in pair]
+    e = p.run(_items(texts))["embedding"]
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    first = [int(np.argmax(sim[i])) == (i ^ 1) for i in range(len(texts))]
+    return {"metric": "paraphrase ranked nearest", "value": float(np.mean(first)),
+            "n": len(texts)}  # fmt: skip
+
+
+def _acc_image(p: Any) -> dict[str, Any]:
+    from tests.pipelines import _inputs
+    from tests.pipelines.test_image import CATS
+
+    truth = {"chelsea": CATS, "coffee": {"espresso", "cup", "coffee mug"}, "camera": {"tripod"}}
+    top1 = 0
+    for photo, labels in truth.items():
+        out = p.run({"input": np.array([_inputs.photo(photo)], object)})["labels"]
+        top1 += out[0].decode() in labels
+    return {"metric": "top-1 on labelled skimage photos", "value": top1 / len(truth),
+            "n": len(truth)}  # fmt: skip
+
+
+def _acc_face(p: Any) -> dict[str, Any]:
+    from tests.pipelines import _inputs
+
+    emb = {}
+    for name in ("astronaut", "camera"):
+        for fmt in ("JPEG", "PNG"):
+            out = p.run({"input": np.array([_inputs.photo(name, fmt)], object)})["embeddings"]
+            emb[(name, fmt)] = out[0]
+    same = max(float(np.linalg.norm(emb[(n, "JPEG")] - emb[(n, "PNG")])) for n in
+               ("astronaut", "camera"))  # fmt: skip
+    diff = float(np.linalg.norm(emb[("astronaut", "JPEG")] - emb[("camera", "JPEG")]))
+    return {"metric": "distance same (max) / different", "value": f"{same:.3f} / {diff:.3f}",
+            "threshold": 0.4}  # fmt: skip
+
+
+def _acc_ocr(p: Any) -> dict[str, Any]:
+    from tests.pipelines import _documents
+
+    page, want = _documents.invoice()
+    lines = [b.decode() for b in p.run({"input": np.array([page], object)})["lines"]]
+    return {"metric": "CER, rendered invoice", "value": _documents.cer(lines, want)}
+
+
+def _acc_speech(p: Any) -> dict[str, Any]:
+    from tests.pipelines import _inputs
+    from tests.pipelines._documents import levenshtein
+    from tests.pipelines.test_served import SENTENCE
+
+    def words(t: str) -> list[str]:
+        return "".join(c for c in t.lower() if c.isalnum() or c.isspace()).split()
+
+    got = p.run({"input": np.array([_inputs.speech(SENTENCE)], object)})["text"][0].decode()
+    ref, hyp = words(SENTENCE), words(got)
+    # Word-level edit distance: levenshtein over word tokens mapped to characters.
+    vocab = {w: chr(0x4E00 + i) for i, w in enumerate(dict.fromkeys(ref + hyp))}
+    errors = levenshtein("".join(vocab[w] for w in ref), "".join(vocab[w] for w in hyp))
+    return {"metric": "WER, espeak-ng sentence", "value": errors / len(ref)}
+
+
+ACCURACY = {
+    "minilm-embed": _acc_text,
+    "mobilenet-imagenet": _acc_image,
+    "face-embed": _acc_face,
+    "ocr": _acc_ocr,
+    "whisper-tiny-en": _acc_speech,
+}
+
+
 def run(names: list[str], seconds: float, rounds: int, folder: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, server(Path(tmp), 1) as srv:
@@ -103,6 +182,8 @@ def run(names: list[str], seconds: float, rounds: int, folder: Path) -> dict[str
             stats["ratio_p99"] = stats["server"]["p99_ms"] / stats["in_process"]["p99_ms"]
             if name in ("minilm-embed", "face-embed"):
                 stats["tract"] = tract_graph(name, folder / name)
+            if name in ACCURACY:
+                stats["accuracy"] = ACCURACY[name](local)
             results[name] = stats
         conn.close()
     return results
@@ -127,6 +208,11 @@ def print_report(results: dict[str, Any]) -> None:
             )
         elif tract:
             print(f"{'':20} tract: {tract.get('reason')}")
+        acc = r.get("accuracy")
+        if acc:
+            value = acc["value"]
+            shown = f"{value:.3f}" if isinstance(value, float) else value
+            print(f"{'':20} accuracy: {acc['metric']}: {shown}")
 
 
 def main(argv: list[str] | None = None) -> int:
