@@ -204,8 +204,10 @@ def verify(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recompute a statement's subject digests from the artefacts, and its simulation and SNP
-    registers from them. Exit 0 only if everything recomputed matches."""
+    """Recompute a statement's subject digests and registers from the artefacts.
+
+    Simulation and SNP registers are recomputed here; SGX and Nitro ones need their tools (run
+    `blindinfer measure sgx|nitro` again). Exit 0 only if everything recomputed matches."""
     with _errors():
         checks = _measure.verify_statement(_measure.read_statement(statement), root or [Path()])
     if as_json:

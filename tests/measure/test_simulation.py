@@ -4,6 +4,9 @@ is accepted by that server and a policy one byte off is refused; source trees an
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -118,3 +121,24 @@ def test_not_a_source_is_a_usage_error(tmp_path: Path) -> None:
     junk.write_bytes(b"not a zip")
     result = measure("simulation", "--source", junk)
     assert result.exit_code == 1 and "cannot read wheel" in result.stderr
+
+
+def test_a_built_wheel_measures_like_the_tree(tmp_path: Path) -> None:
+    """The release artefact itself: `pip wheel` of a copy of this tree (offline, no isolation)."""
+    pytest.importorskip("setuptools", reason="the build backend of pyproject.toml")
+    tree = tmp_path / "tree"
+    (tree / "src").mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    copy_package(tree / "src")
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(dist), str(tree)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = dist.glob("blindinfer-*.whl")
+    assert (
+        _measure.simulation_measurement(wheel).registers
+        == _measure.simulation_measurement(tree).registers
+    )
