@@ -650,7 +650,13 @@ def verify_statement(statement: Statement, roots: Sequence[Path]) -> list[str]:
         found[s.name] = path
     checks = [f"{len(found)} subject digest(s) match"]
     for kind, m in sorted(statement.measurements.items()):
-        again = _recompute(m, found)
+        try:
+            again = _recompute(m, found)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StatementMismatch(
+                f"{kind}: the statement's inputs cannot be recomputed ({type(exc).__name__}: "
+                f"{exc}); it names artefacts or values that are not there"
+            ) from None
         if again is None:
             checks.append(f"{kind}: registers not recomputed here (needs {m.inputs.get('tool')})")
             continue

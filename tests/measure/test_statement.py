@@ -223,3 +223,12 @@ def test_not_a_statement_is_a_usage_error(
     result = measure("policy", path)
     assert result.exit_code == 2
     assert problem in result.stderr
+
+
+def test_inputs_naming_no_subject_are_refused(release: dict[str, Path]) -> None:
+    _write_release(release)
+    doc = json.loads(release["statement"].read_text())
+    doc["predicate"]["measurements"]["snp"]["inputs"]["kernel"] = "vmlinuz-other"
+    release["statement"].write_text(json.dumps(doc))
+    result = measure("verify", release["statement"], *_roots(release))
+    assert result.exit_code == 3 and "snp: the statement's inputs" in result.stderr
