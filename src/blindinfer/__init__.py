@@ -50,6 +50,7 @@ __all__ = [
     "Unauthorized",
     "__version__",
     "connect",
+    "verify_receipt",
 ]
 
 
@@ -64,4 +65,8 @@ def __getattr__(name: str) -> object:
         from blindinfer.attestation._policy import Policy
 
         return Policy
+    if name == "verify_receipt":
+        from blindinfer.receipts import verify_receipt
+
+        return verify_receipt
     raise AttributeError(name)

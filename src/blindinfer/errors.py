@@ -150,3 +150,23 @@ def error_for_status(status: int, message: str) -> ServerError:
         507: InsufficientStorage,
     }.get(status, ServerError)
     return cls(message, status)
+
+
+# --- receipts (blindinfer.receipts) ------------------------------------------------------------
+
+
+class ReceiptError(AttestationError):
+    """A receipt could not be trusted: malformed, or one of its checks failed."""
+
+
+class ReceiptSignatureError(ReceiptError):
+    """The receipt's COSE_Sign1 does not verify under its certificate's key."""
+
+
+class ReceiptMismatch(ReceiptError):
+    """What the receipt signs (certificate, evidence, collateral, claims, model, inputs,
+    outputs) is not what was given to check it against."""
+
+
+class ReceiptTimeError(ReceiptError):
+    """The receipt's time is outside its certificate's validity."""

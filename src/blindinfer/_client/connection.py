@@ -17,6 +17,7 @@ or EvidenceError is raised. ``attest_attempts=1`` raises on the first refusal.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import quote, urlencode, urlsplit
 
 import numpy as np
@@ -259,6 +260,18 @@ class _ConnectionAttestor:
         self._verified.add(peer_der)
 
 
+class Outputs(dict[str, np.ndarray]):
+    """A model's outputs by name (a dict) with the ``receipt`` the server signed for this run:
+    a receipt bundle, verifiable offline with ``blindinfer.verify_receipt`` (docs/receipts.md).
+    """
+
+    receipt: bytes
+
+    def __init__(self, outputs: Mapping[str, np.ndarray], receipt: bytes) -> None:
+        super().__init__(outputs)
+        self.receipt = receipt
+
+
 class Connection:
     """An attested connection. A request only ever leaves on a TLS connection whose peer
     certificate was verified by attestation: the one ``connect()`` attested, or, behind a
@@ -409,6 +422,7 @@ class Connection:
             meta = self._meta[model] = self.model_metadata(model)
         return list(meta["inputs"])
 
+    @overload
     def run_model(
         self,
         model: str,
@@ -417,14 +431,42 @@ class Connection:
         dtype: Any = None,
         shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
         outputs: Sequence[str] | None = None,
+        receipt: Literal[False] = False,
+    ) -> dict[str, np.ndarray]: ...
+
+    @overload
+    def run_model(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        dtype: Any = None,
+        shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        outputs: Sequence[str] | None = None,
+        receipt: Literal[True],
+    ) -> Outputs: ...
+
+    def run_model(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        dtype: Any = None,
+        shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        outputs: Sequence[str] | None = None,
+        receipt: bool = False,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` (id, name or sha256) and return its outputs by name.
 
         ``inputs``: a numpy array or torch tensor; a list of them in the model's input order; a
         dict name -> array; or flat/nested lists with ``dtype`` and ``shape`` (per input when
-        the model has several). Tensors travel as raw bytes (OIP binary extension)."""
+        the model has several). Tensors travel as raw bytes (OIP binary extension).
+        ``receipt=True``: the server also signs a receipt of this run, returned as the
+        ``.receipt`` bytes of the outputs (``Outputs``, a dict)."""
         arrays = to_named_arrays(inputs, self._inputs_of(model), dtype, shape)
-        chunks, header_len = oip.encode_infer_request(arrays, outputs)
+        chunks, header_len = oip.encode_infer_request(
+            arrays, outputs, {"receipt": True} if receipt else None
+        )
         size = sum(len(c) for c in chunks)
         # Small requests go out as one buffer (one TLS record); large tensors are sent from
         # their own memory, without first copying them into one body.
@@ -441,7 +483,15 @@ class Connection:
             idempotent=True,  # a run changes nothing on the server: safe to send again
         )
         raw_len = reply.headers.get(oip.HEADER_LENGTH)
-        return oip.parse_infer_response(reply.body, int(raw_len) if raw_len else None)
+        header_len_out = int(raw_len) if raw_len else None
+        if not receipt:
+            return oip.parse_infer_response(reply.body, header_len_out)
+        result, params = oip.parse_infer_response_parameters(reply.body, header_len_out)
+        try:
+            bundle = base64.b64decode(params["receipt"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BlindInferError("the server sent no receipt (or a malformed one)") from exc
+        return Outputs(result, bundle)
 
 
 def connect(
@@ -496,6 +546,7 @@ __all__ = [
     "Connection",
     "InsecureSimulationWarning",
     "ModelInfo",
+    "Outputs",
     "ServerError",
     "VerifyOptions",
     "attest",

@@ -8,12 +8,17 @@ costs more than the model); the rest run in the worker pool, where onnxruntime r
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
+
+import numpy as np
 
 from blindinfer._engine.limits import RunHandle
 from blindinfer._engine.registry import LoadedModel
@@ -26,13 +31,16 @@ from blindinfer._server.requests import (
 )
 from blindinfer._server.state import ServerState
 from blindinfer._wire import oip
+from blindinfer.attestation import Claims, Evidence, verify_evidence
 from blindinfer.errors import (
+    AttestationError,
     InvalidInput,
     LimitExceeded,
     ModelNotFound,
     PayloadTooLarge,
     ServerError,
 )
+from blindinfer.receipts import ReceiptSigner
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -84,6 +92,8 @@ class InferEndpoint:
         self.state = state
         self._run_time: dict[str, float] = {}  # model_id -> smoothed seconds per run
         self._never_inline: set[str] = set()
+        self._signer: ReceiptSigner | None = None  # made on the first receipt
+        self._own_claims: tuple[Evidence, Claims | None] | None = None
 
     def _work(
         self,
@@ -102,8 +112,13 @@ class InferEndpoint:
         elapsed = min(time.perf_counter() - start, 2 * INLINE_RUN_S)
         old = self._run_time.get(model.info.model_id, elapsed)
         self._run_time[model.info.model_id] = old + _EWMA * (elapsed - old)
+        request_id, params = req.request_id, None
+        if req.receipt:  # nothing is hashed or signed unless the client asked
+            request_id = request_id if request_id is not None else uuid.uuid4().hex
+            bundle = self._receipt(model, req.inputs, outputs, request_id)
+            params = {"receipt": base64.b64encode(bundle).decode()}
         chunks, out_len = oip.encode_infer_response(
-            model.info.name, outputs, req.binary_outputs, req.request_id
+            model.info.name, outputs, req.binary_outputs, request_id, params
         )
         if out_len is None:
             return 200, [(b"content-type", b"application/json")], bytes(chunks[0])
@@ -112,6 +127,44 @@ class InferEndpoint:
             (oip.HEADER_LENGTH.encode(), str(out_len).encode()),
         ]
         return 200, headers, b"".join(chunks)
+
+    def _receipt(
+        self,
+        model: LoadedModel,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        request_id: str,
+    ) -> bytes:
+        """A receipt bundle (blindinfer.receipts) signed here, inside the TEE, with the TLS key
+        the evidence binds; it carries that evidence and its collateral."""
+        tls = self.state.tls
+        if self._signer is None:
+            self._signer = ReceiptSigner(tls._key_pem, tls.certificate_der)
+        evidence = self.state.evidence()
+        now = datetime.now(UTC)
+        return self._signer.sign(
+            evidence=evidence,
+            model_sha256=bytes.fromhex(model.info.sha256),
+            inputs=inputs,
+            outputs=outputs,
+            request_id=request_id,
+            at=now,
+            claims=self._claims_of(evidence, now),
+        )
+
+    def _claims_of(self, evidence: Evidence, now: datetime) -> Claims | None:
+        """This server's own evidence verified once (pinned roots), for the receipt's readable
+        claims; None where it cannot be verified here (a private PKI)."""
+        cached = self._own_claims
+        if cached is None or cached[0] is not evidence:
+            try:
+                claims: Claims | None = verify_evidence(
+                    evidence, at=now, certificate_der=self.state.tls.certificate_der
+                )
+            except AttestationError:
+                claims = None
+            cached = self._own_claims = (evidence, claims)
+        return cached[1]
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, ref: str, version: str | None

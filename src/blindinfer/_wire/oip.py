@@ -40,6 +40,7 @@ class InferRequest:
     outputs: list[str] | None
     binary_outputs: set[str] | bool  # True = every output binary
     request_id: str | None
+    receipt: bool = False  # request parameter "receipt": sign a receipt (blindinfer.receipts)
 
 
 # JSON nesting allowed in a request: a tensor's nested ``data`` (at most MAX_DIMS deep) plus the
@@ -356,7 +357,8 @@ def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> I
     if offset != len(body):
         raise InvalidInput(f"{len(body) - offset} bytes of binary data follow the last tensor")
     outputs, binary = _requested_outputs(header)
-    return InferRequest(inputs, outputs, binary, _request_id(header.get("id")))
+    receipt = _flag(_parameters(header.get("parameters"), "the request"), "receipt", "the request")
+    return InferRequest(inputs, outputs, binary, _request_id(header.get("id")), receipt)
 
 
 def _request_id(raw: Any) -> str | None:
@@ -395,8 +397,10 @@ def encode_infer_response(
     outputs: Mapping[str, np.ndarray],
     binary: set[str] | bool,
     request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[list[bytes | memoryview], int | None]:
-    """Body chunks and the JSON header length (None when the response is plain JSON)."""
+    """Body chunks and the JSON header length (None when the response is plain JSON).
+    ``parameters``: the response's own OIP parameters (e.g. its receipt)."""
     descs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for name, array in outputs.items():
@@ -415,6 +419,8 @@ def encode_infer_response(
     doc: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": descs}
     if request_id is not None:
         doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
     header = json.dumps(doc, separators=(",", ":")).encode()
     if not blobs:
         return [header], None
@@ -434,9 +440,12 @@ def _json_data(name: str, array: np.ndarray) -> list[Any]:
 
 
 def encode_infer_request(
-    inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    inputs: Mapping[str, np.ndarray],
+    outputs: Sequence[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[list[bytes | memoryview], int]:
-    """Binary-extension request (every tensor binary, every output requested binary)."""
+    """Binary-extension request (every tensor binary, every output requested binary), with
+    extra request ``parameters`` (e.g. ``{"receipt": True}``)."""
     descs = []
     blobs: list[bytes | memoryview] = []
     for name, array in inputs.items():
@@ -450,7 +459,10 @@ def encode_infer_request(
             }
         )
         blobs.append(blob)
-    doc: dict[str, Any] = {"inputs": descs, "parameters": {"binary_data_output": True}}
+    doc: dict[str, Any] = {
+        "inputs": descs,
+        "parameters": {**(parameters or {}), "binary_data_output": True},
+    }
     if outputs:
         doc["outputs"] = [{"name": n} for n in outputs]
     header = json.dumps(doc, separators=(",", ":")).encode()
@@ -459,6 +471,13 @@ def encode_infer_request(
 
 def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
     """Outputs by name from a JSON or binary response (zero-copy for binary tensors)."""
+    return parse_infer_response_parameters(body, header_length)[0]
+
+
+def parse_infer_response_parameters(
+    body: bytes, header_length: int | None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Outputs by name and the response's own ``parameters`` (empty when it has none)."""
     split = header_length if header_length is not None else len(body)
     doc = json.loads(memoryview(body)[:split].tobytes())
     view = memoryview(body)
@@ -474,4 +493,5 @@ def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np
             out[item["name"]] = bytes_array([str(v) for v in item["data"]], shape)
         else:
             out[item["name"]] = np.asarray(item["data"], dtype=DATATYPES[datatype]).reshape(shape)
-    return out
+    params = doc.get("parameters")
+    return out, dict(params) if isinstance(params, dict) else {}
