@@ -536,10 +536,15 @@ def run(
     token: TokenOpt = None,
     policy: PolicyOpt = None,
     simulation: SimOpt = False,
+    receipt: Annotated[
+        Path | None,
+        typer.Option(help="ask for a signed receipt of this run and write it here"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a model on inputs given as JSON (cast to the model's types), .npy files or whole
-    files (a WAV, a photo, a page: BYTES inputs of the example pipelines)."""
+    files (a WAV, a photo, a page: BYTES inputs of the example pipelines). With --receipt, the
+    server signs a receipt of the run (check it with `blindinfer receipt verify`)."""
     import numpy as np
 
     def value(text: str) -> Any:
@@ -565,7 +570,12 @@ def run(
             else:
                 inputs = [value(i) for i in input]
         with _connect(url, policy, simulation, token) as conn:
-            outputs = conn.run_model(model, inputs)
+            if receipt is None:
+                outputs = conn.run_model(model, inputs)
+            else:
+                outputs = signed = conn.run_model(model, inputs, receipt=True)
+                receipt.write_bytes(signed.receipt)
+                err.print(f"receipt written to {receipt}")
     if as_json:
         _print_json(
             {
@@ -646,6 +656,82 @@ def models(
     for i in infos:
         ins = ", ".join(f"{t['name']}:{t['datatype']}{t['shape']}" for t in i.inputs)
         sys.stdout.write(f"{i.name}\t{i.model_id}\tsha256:{i.sha256[:16]}…\t{ins}\n")
+
+
+# --- receipts ----------------------------------------------------------------------------------
+
+receipt_app = typer.Typer(
+    help="Signed inference receipts (docs/receipts.md).", no_args_is_help=True
+)
+app.add_typer(receipt_app, name="receipt")
+
+
+def _load_npz(path: Path, what: str) -> dict[str, Any]:
+    """Named tensors from an .npz (no pickles): text or fixed-width bytes arrays become BYTES."""
+    import numpy as np
+
+    from blindinfer._wire.tensors import bytes_array
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--{what} {path}: not a readable .npz without pickles ({exc})") from None
+    for name, array in arrays.items():
+        if array.dtype.kind in "SU":
+            arrays[name] = bytes_array(array.reshape(-1).tolist(), array.shape)
+    return arrays
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    file: Annotated[Path, typer.Argument(help="receipt file (from run --receipt)", exists=True)],
+    policy: PolicyOpt = None,
+    at: Annotated[
+        str | None, typer.Option(help="verify as of this RFC 3339 time [the receipt's time]")
+    ] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help=".npz of the inputs the receipt must sign")
+    ] = None,
+    outputs: Annotated[
+        Path | None, typer.Option(help=".npz of the outputs the receipt must sign")
+    ] = None,
+    model_sha256: Annotated[
+        str | None, typer.Option(help="sha256 (hex) of the model the receipt must name")
+    ] = None,
+    as_json: JsonOpt = False,
+    simulation: SimOpt = False,
+) -> None:
+    """Verify a receipt offline: signature, its key's binding to the evidence, the evidence and
+    collateral at the receipt's time (or --at), the policy, and the given inputs, outputs and
+    model. Exit 0 only if every check passed; 3 with the reason when one failed."""
+    from blindinfer.attestation import Policy
+    from blindinfer.receipts import verify_receipt
+
+    with _errors():
+        try:
+            verified = verify_receipt(
+                file.read_bytes(),
+                policy=Policy.load(policy) if policy else None,
+                at=_parse_time(at) if at is not None else None,
+                simulation=simulation,
+                inputs=_load_npz(inputs, "inputs") if inputs else None,
+                outputs=_load_npz(outputs, "outputs") if outputs else None,
+                model_sha256=model_sha256,
+            )
+        except AttestationError as exc:
+            if as_json:
+                _print_json({"verified": False, "reason": type(exc).__name__, "message": str(exc)})
+            raise
+    if as_json:
+        _print_json(verified.to_json())
+        return
+    if verified.claims.insecure:
+        err.print("[bold red]INSECURE: simulation evidence, no hardware protection[/bold red]")
+    for name, value in verified.payload.to_json().items():
+        if name != "claims":
+            sys.stdout.write(f"{name}: {value}\n")
+    err.print(f"[green]verified[/green]: {', '.join(verified.checks)}")
 
 
 def main() -> None:
