@@ -62,12 +62,12 @@ def _emit(
     m: _measure.Measurement, policy_out: Path | None, statement: Path | None, as_json: bool
 ) -> None:
     """Print the registers; write the policy and the statement when asked."""
+    if statement is not None:  # first: an unreadable or clashing statement leaves no policy
+        _measure.write_statement(statement, [m])
+        err.print(f"statement {statement}: {m.kind} recorded", markup=False)
     if policy_out is not None:
         policy_out.write_text(_measure.policy_text(m.policy(), f"the {m.kind} artefacts"))
         err.print(f"policy written to {policy_out}")
-    if statement is not None:
-        _measure.write_statement(statement, [m])
-        err.print(f"statement {statement}: {m.kind} recorded", markup=False)
     if as_json:
         doc: dict[str, Any] = {"kind": m.kind, **m.to_json()}
         doc["subjects"] = [s.to_json() for s in m.subjects]
