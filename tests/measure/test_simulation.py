@@ -17,7 +17,7 @@ import tomli_w
 
 import blindinfer
 from blindinfer import _measure
-from blindinfer._client import attest
+from blindinfer._client import attest, connect
 from blindinfer._tee.simulation import code_measurement
 from blindinfer.errors import PolicyError
 from tests._server import ServerProcess, running_server
@@ -56,7 +56,7 @@ def test_policy_out_is_accepted_and_one_byte_off_is_refused(
     assert result.exit_code == 0, result.stderr
     table = tomllib.loads(policy.read_text())
     assert set(table) == {"simulation"} and set(table["simulation"]) == {"measurement"}
-    with blindinfer.connect(server.url, policy=policy, simulation_mode=True) as conn:
+    with connect(server.url, policy=policy, simulation_mode=True) as conn:
         assert conn.list_models()  # the demo model: the attested connection works
 
     table["simulation"]["measurement"] = [
@@ -65,7 +65,7 @@ def test_policy_out_is_accepted_and_one_byte_off_is_refused(
     flipped = tmp_path / "flipped.toml"
     flipped.write_text(tomli_w.dumps(table))
     with pytest.raises(PolicyError, match=r"simulation\.measurement"):
-        blindinfer.connect(server.url, policy=flipped, simulation_mode=True)
+        connect(server.url, policy=flipped, simulation_mode=True)
 
 
 def test_source_tree_equals_the_installed_package() -> None:

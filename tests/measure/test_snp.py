@@ -69,7 +69,7 @@ def _ours(*args: str | Path) -> str:
 def test_direct_boot_equals_sev_snp_measure(
     launch: dict[str, Path], vcpus: int, vcpu_type: str
 ) -> None:
-    args = [
+    args: list[str | Path] = [
         "--ovmf", launch["ovmf"], "--kernel", launch["kernel"], "--initrd", launch["initrd"],
         "--append", CMDLINE, "--vcpus", str(vcpus), "--vcpu-type", vcpu_type,
     ]  # fmt: skip
@@ -80,7 +80,7 @@ def test_direct_boot_equals_sev_snp_measure(
 
 
 def test_firmware_only_launch_equals_sev_snp_measure(launch: dict[str, Path]) -> None:
-    args = ["--ovmf", launch["ovmf"], "--vcpus", "2", "--vcpu-type", "EPYC-v4"]
+    args: list[str | Path] = ["--ovmf", launch["ovmf"], "--vcpus", "2", "--vcpu-type", "EPYC-v4"]
     assert _ours(*args) == _reference("--mode", "snp", *args)
 
 
@@ -113,7 +113,14 @@ def test_each_input_changes_the_measurement(launch: dict[str, Path], tmp_path: P
 
 def test_policy_pins_the_snp_measurement(launch: dict[str, Path], tmp_path: Path) -> None:
     policy = tmp_path / "snp.toml"
-    args = ["--ovmf", launch["ovmf"], "--kernel", launch["kernel"], "--vcpus", "1"]
+    args: list[str | Path] = [
+        "--ovmf",
+        launch["ovmf"],
+        "--kernel",
+        launch["kernel"],
+        "--vcpus",
+        "1",
+    ]
     result = measure("snp", *args, "--vcpu-type", "EPYC-v4", "--policy-out", policy)
     assert result.exit_code == 0, result.stderr
     expected = _reference("--mode", "snp", *args, "--vcpu-type", "EPYC-v4")

@@ -45,7 +45,14 @@ def _snp(art: Path) -> _measure.Measurement:
 def _write_release(r: dict[str, Path]) -> None:
     a = r["art"]
     assert measure("simulation", "--source", r["src"], "--statement", r["statement"]).exit_code == 0
-    snp = ["--ovmf", a / "OVMF.fd", "--kernel", a / "vmlinuz", "--initrd", a / "initrd.img"]
+    snp: list[str | Path] = [
+        "--ovmf",
+        a / "OVMF.fd",
+        "--kernel",
+        a / "vmlinuz",
+        "--initrd",
+        a / "initrd.img",
+    ]
     result = measure("snp", *snp, *SNP_ARGS, "--statement", r["statement"])
     assert result.exit_code == 0, result.stderr
 
