@@ -403,7 +403,8 @@ def sgx_mrenclave(
     return Measurement("sgx", registers, subjects, inputs)
 
 
-NITRO_PCRS = ("PCR0", "PCR1", "PCR2", "PCR8")
+NITRO_PCRS = ("PCR0", "PCR1", "PCR2")  # always printed by describe-eif
+NITRO_SIGNED_PCR = "PCR8"  # printed only for a signed EIF
 
 
 def nitro_pcrs(eif: Path) -> Measurement:
@@ -421,11 +422,8 @@ def nitro_pcrs(eif: Path) -> Measurement:
         raise MeasureError(
             f"nitro-cli describe-eif printed no Measurements object: {out[:200]!r}"
         ) from None
-    registers = {
-        name.lower(): _hex_field(found, name, 48, "nitro-cli describe-eif")
-        for name in NITRO_PCRS
-        if name in found or name != "PCR8"
-    }
+    names = [*NITRO_PCRS, *([NITRO_SIGNED_PCR] if NITRO_SIGNED_PCR in found else [])]
+    registers = {n.lower(): _hex_field(found, n, 48, "nitro-cli describe-eif") for n in names}
     inputs = {"tool": "nitro-cli", "eif": eif.name, "hash_algorithm": found.get("HashAlgorithm")}
     return Measurement("nitro", registers, subjects, inputs)
 
