@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from blindinfer import Policy, connect, verify_receipt
-from blindinfer.errors import CollateralError, EvidenceError, PolicyError, ReceiptMismatch
+from blindinfer.errors import (
+    AttestationError,
+    CollateralError,
+    EvidenceError,
+    PolicyError,
+    ReceiptMismatch,
+)
 from blindinfer.receipts import parse_bundle
 from tests.e2e.test_ratls_backends import _server
 from tests.e2e.test_tee_backends import MLP, mlp_feeds, reference
@@ -58,3 +64,33 @@ def test_receipts_verify_for_every_tee_kind(kind: str, tmp_path: Path, vectors: 
         later = verified.payload.time + timedelta(days=400)
         with pytest.raises(CollateralError):
             verify_receipt(out.receipt, policy=policy, roots=roots[kind], at=later)
+
+
+def test_flipped_bytes_of_a_bundle_with_dcap_collateral_are_refused(
+    tmp_path: Path, vectors: Path
+) -> None:
+    """The quote, the collateral JSON and the signature of a TDX receipt: any flip is refused."""
+    with _server("tdx", tmp_path, vectors) as (server, roots, policy_doc, _):
+        conn = connect(server.url, policy_doc, token=server.owner_token, trust_roots=roots)
+        with conn:
+            info = conn.upload_model(MLP, name="mlp-receipts")
+            bundle = conn.run_model(info.model_id, mlp_feeds(), receipt=True).receipt
+    policy = Policy.from_mapping(policy_doc)
+    verify_receipt(bundle, policy=policy, roots=roots["tdx"])
+    parts = parse_bundle(bundle)
+    quote_at = bundle.index(parts.evidence.evidence)
+    collateral_at = bundle.index(parts.evidence.collateral["dcap"])
+    positions = [
+        *range(quote_at, quote_at + len(parts.evidence.evidence), 257),
+        *range(collateral_at, collateral_at + len(parts.evidence.collateral["dcap"]), 331),
+        *range(len(bundle) - 64, len(bundle), 7),
+    ]
+    reasons: set[str] = set()
+    for pos in positions:
+        tampered = bytearray(bundle)
+        tampered[pos] ^= 0x01
+        with pytest.raises(AttestationError) as caught:
+            verify_receipt(bytes(tampered), policy=policy, roots=roots["tdx"])
+        reasons.add(type(caught.value).__name__)
+    assert "AttestationError" not in reasons
+    assert {"ReceiptMismatch", "ReceiptSignatureError"} <= reasons
