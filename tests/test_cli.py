@@ -16,7 +16,7 @@ import tomli_w
 from tests._server import ServerProcess, running_server
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-COMMANDS = ["serve", "attest", "verify", "policy", "upload", "run", "delete", "models"]
+COMMANDS = ["serve", "attest", "verify", "policy", "upload", "run", "delete", "models", "measure"]
 
 
 def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from blindinfer import _kinds
+from blindinfer._cli_measure import app as measure_app
 from blindinfer.errors import (
     AttestationError,
     BackendUnavailable,
@@ -36,6 +37,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(measure_app, name="measure")
 err = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR, EXIT_ATTESTATION, EXIT_SERVER, EXIT_UNREACHABLE = 1, 3, 4, 5
