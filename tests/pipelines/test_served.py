@@ -141,7 +141,7 @@ def test_truncated_jpeg_is_refused(name: str, conn: blindinfer.Connection) -> No
     ("data", "message"),
     [
         (b"ID3\x03 an mp3", "not a WAV"),
-        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "cannot be read"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "truncated|cannot be read"),
         (b"", "empty"),
     ],
 )
@@ -191,8 +191,9 @@ def test_openai_client_embeddings_and_transcription(
     text = client.audio.transcriptions.create(model="whisper-tiny-en", file=("s.wav", audio))
     sdk_text = conn.run_model("whisper-tiny-en", {"input": audio})["text"][0].decode()
     assert text.text == sdk_text and "fox" in text.text.lower()
-    with pytest.raises(openai.BadRequestError, match="not a speech-to-text pipeline"):
+    with pytest.raises(openai.BadRequestError, match="not a speech-to-text pipeline") as info:
         client.audio.transcriptions.create(model="minilm-embed", file=("s.wav", audio))
+    assert info.value.type == "invalid_request_error"  # OpenAI's error object
     with pytest.raises(openai.BadRequestError, match="not a WAV"):
         client.audio.transcriptions.create(model="whisper-tiny-en", file=("s.mp3", b"ID3x"))
     http.close()

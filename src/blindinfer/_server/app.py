@@ -240,10 +240,16 @@ def _build_starlette(state: ServerState) -> Starlette:
         return _json(info.to_json())
 
     async def embeddings(request: Request) -> Response:
-        return await openai_compat.embeddings(state, request)
+        try:
+            return await openai_compat.embeddings(state, request)
+        except ServerError as exc:
+            return openai_compat.error_response(exc)
 
     async def transcriptions(request: Request) -> Response:
-        return await openai_compat.transcriptions(state, request)
+        try:
+            return await openai_compat.transcriptions(state, request)
+        except ServerError as exc:
+            return openai_compat.error_response(exc)
 
     async def on_server_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServerError)

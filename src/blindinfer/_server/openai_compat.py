@@ -72,6 +72,22 @@ async def _run(
     return out[output]
 
 
+def error_response(exc: ServerError) -> Response:
+    """OpenAI's error object, so OpenAI clients show the message (openai-python puts only
+    ``error.message`` into the exception text)."""
+    kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+             429: "rate_limit_error"}  # fmt: skip
+    kind = kinds.get(exc.status, "server_error" if exc.status >= 500 else "invalid_request_error")
+    doc = {"error": {"message": exc.message, "type": kind, "param": None, "code": None}}
+    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+    return Response(
+        json.dumps(doc, separators=(",", ":")).encode(),
+        exc.status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
 # --- embeddings ---------------------------------------------------------------------------------
 
 
