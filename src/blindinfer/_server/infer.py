@@ -139,7 +139,7 @@ class InferEndpoint:
         the evidence binds; it carries that evidence and its collateral."""
         tls = self.state.tls
         if self._signer is None:
-            self._signer = ReceiptSigner(tls._key_pem, tls.certificate_der)
+            self._signer = ReceiptSigner(tls.private_key_pem(), tls.certificate_der)
         evidence = self.state.evidence()
         now = datetime.now(UTC)
         return self._signer.sign(

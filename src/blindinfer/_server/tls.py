@@ -38,6 +38,10 @@ class TlsIdentity:
     certificate_pem: bytes
     _key_pem: bytes  # in memory only
 
+    def private_key_pem(self) -> bytes:
+        """The key, for signing inside this process only (receipts); never written or sent."""
+        return self._key_pem
+
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
