@@ -266,8 +266,20 @@ def reference_encoder(w: dict[str, np.ndarray], mel: np.ndarray) -> np.ndarray:
     return _ln(x, w, "encoder/layer_norm")
 
 
-def reference_logits(w: dict[str, np.ndarray], tokens: list[int], audio: np.ndarray) -> np.ndarray:
-    """Logits [len(tokens), vocab] of the whole token sequence, no cache (audio [1500, 384])."""
+def reference_cross(w: dict[str, np.ndarray], audio: np.ndarray) -> list[np.ndarray]:
+    """Each decoder layer's cross-attention keys and values [1500, 768] of audio [1500, 384]."""
+    return [_lin(audio, w, f"decoder/layer_{i}/attention/linear_1") for i in range(LAYERS)]
+
+
+def reference_logits(
+    w: dict[str, np.ndarray],
+    tokens: list[int],
+    audio: np.ndarray,
+    cross: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Logits [len(tokens), vocab] of the whole token sequence, no cache (audio [1500, 384];
+    ``cross``: :func:`reference_cross` of it, computed here when not given)."""
+    kvs = cross if cross is not None else reference_cross(w, audio)
     emb = _f32(w, "decoder/embeddings/weight")
     x = emb[tokens] + _f32(w, "decoder/position_encodings/encodings")[: len(tokens)]
     for i in range(LAYERS):
@@ -276,7 +288,7 @@ def reference_logits(w: dict[str, np.ndarray], tokens: list[int], audio: np.ndar
         a = _mha(h[:, :D_MODEL], h[:, D_MODEL : 2 * D_MODEL], h[:, 2 * D_MODEL :], True)
         x = x + _lin(a, w, f"{p}/self_attention/linear_1")
         q = _lin(_ln(x, w, f"{p}/attention/layer_norm"), w, f"{p}/attention/linear_0")
-        kv = _lin(audio, w, f"{p}/attention/linear_1")
+        kv = kvs[i]
         x = x + _lin(_mha(q, kv[:, :D_MODEL], kv[:, D_MODEL:], False), w, f"{p}/attention/linear_2")
         h = _gelu(_lin(_ln(x, w, f"{p}/ffn/layer_norm"), w, f"{p}/ffn/linear_0"))
         x = x + _lin(h, w, f"{p}/ffn/linear_1")

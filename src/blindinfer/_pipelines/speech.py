@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,7 +40,7 @@ import numpy as np
 from blindinfer._pipelines.base import BuildContext, PipelineLimits, bytes_array, bytes_items
 from blindinfer._pipelines.media import decode_wav, resample
 from blindinfer._wire.models import TensorSpec
-from blindinfer.errors import InvalidModel
+from blindinfer.errors import InvalidInput, InvalidModel
 
 KIND: Final = "speech-to-text"
 MAX_AUDIO_BYTES: Final = 256 * 1024 * 1024  # one WAV file (600 s of 48 kHz float stereo: 230 MB)
@@ -190,8 +191,6 @@ class SpeechPipeline:
     def run(
         self, inputs: Mapping[str, np.ndarray], run_options: Any | None = None
     ) -> dict[str, np.ndarray]:
-        from blindinfer.errors import InvalidInput
-
         if "input" not in inputs:
             raise InvalidInput("input 'input' is missing")
         (data,) = bytes_items(inputs, "input", max_items=1, max_bytes=MAX_AUDIO_BYTES)
@@ -199,7 +198,11 @@ class SpeechPipeline:
 
     def samples(self, data: bytes) -> np.ndarray:
         """The recording as mono float32 samples at the model's rate (16 kHz)."""
-        mono, rate = decode_wav(data, self._limits)
+        try:
+            mono, rate = decode_wav(data, self._limits)
+        except struct.error:  # scipy's chunk-header reads on a file cut inside a header
+            raise InvalidInput("the WAV file is truncated inside a chunk header") from None
+        check_complete(data)
         return resample(mono, rate, self.conf.sample_rate)
 
     def transcribe(self, data: bytes, run_options: Any | None = None) -> str:
@@ -300,6 +303,29 @@ class SpeechPipeline:
             out.extend((base + float(logp[row, t]), row, int(t)) for t in top)
         out.sort(key=lambda c: (-c[0], c[1], c[2]))
         return out
+
+
+def check_complete(data: bytes) -> None:
+    """InvalidInput when the WAV's ``data`` chunk declares more bytes than the file holds.
+
+    scipy.io.wavfile reads a cut-off data chunk as a shorter recording without a word; a file
+    truncated in transfer must not be transcribed as if it were whole. RIFF chunks (Microsoft
+    RIFF / WAVE, "Multimedia Programming Interface and Data Specifications 1.0"): a 4-byte id,
+    a u32 little-endian size, the body padded to an even length. RF64's 0xFFFFFFFF size (the
+    real one is in ds64) is not checked here."""
+    pos = 12
+    while pos + 8 <= len(data):  # each pass moves pos forward by at least 8 bytes
+        chunk_id = data[pos : pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        if chunk_id == b"data":
+            present = len(data) - pos - 8
+            if size != 0xFFFFFFFF and size > present:
+                raise InvalidInput(
+                    f"the WAV file is truncated: its data chunk declares {size} bytes, "
+                    f"{present} are present"
+                )
+            return
+        pos += 8 + size + (size & 1)
 
 
 def _filters(raw: bytes, conf: SpeechConfig) -> np.ndarray:
