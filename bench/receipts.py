@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.models import NAMES, ensure_model
 from bench.run import connect, interleaved, server, summarize
-from blindinfer.receipts import verify_receipt
+from blindinfer._receipts import verify_receipt
 
 
 def main(argv: list[str] | None = None) -> int:

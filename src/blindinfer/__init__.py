@@ -20,6 +20,10 @@ from blindinfer.errors import (
     ModelNotFound,
     PayloadTooLarge,
     PolicyError,
+    ReceiptError,
+    ReceiptMismatch,
+    ReceiptSignatureError,
+    ReceiptTimeError,
     ServerError,
     StoreError,
     Unauthorized,
@@ -45,6 +49,10 @@ __all__ = [
     "PayloadTooLarge",
     "Policy",
     "PolicyError",
+    "ReceiptError",
+    "ReceiptMismatch",
+    "ReceiptSignatureError",
+    "ReceiptTimeError",
     "ServerError",
     "StoreError",
     "Unauthorized",
@@ -66,7 +74,7 @@ def __getattr__(name: str) -> object:
 
         return Policy
     if name == "verify_receipt":
-        from blindinfer.receipts import verify_receipt
+        from blindinfer._receipts import verify_receipt
 
         return verify_receipt
     raise AttributeError(name)

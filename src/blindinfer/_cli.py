@@ -707,8 +707,8 @@ def receipt_verify(
     """Verify a receipt offline: signature, its key's binding to the evidence, the evidence and
     collateral at the receipt's time (or --at), the policy, and the given inputs, outputs and
     model. Exit 0 only if every check passed; 3 with the reason when one failed."""
+    from blindinfer._receipts import verify_receipt
     from blindinfer.attestation import Policy
-    from blindinfer.receipts import verify_receipt
 
     with _errors():
         try:

@@ -152,7 +152,7 @@ def error_for_status(status: int, message: str) -> ServerError:
     return cls(message, status)
 
 
-# --- receipts (blindinfer.receipts) ------------------------------------------------------------
+# --- receipts (blindinfer._receipts) ------------------------------------------------------------
 
 
 class ReceiptError(AttestationError):

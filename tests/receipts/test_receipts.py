@@ -14,6 +14,7 @@ import pytest
 
 from blindinfer import Policy, connect, verify_receipt
 from blindinfer._client.connection import Connection, Outputs
+from blindinfer._receipts import parse_bundle, tensors_digest
 from blindinfer._wire.tensors import bytes_array
 from blindinfer.errors import (
     AttestationError,
@@ -24,7 +25,6 @@ from blindinfer.errors import (
     ReceiptMismatch,
     ReceiptSignatureError,
 )
-from blindinfer.receipts import parse_bundle, tensors_digest
 from tests._server import ServerProcess, running_server
 
 FEATURES = np.array([[0.1, 0.2, 0.3, 0.4], [1.0, -1.0, 0.5, 2.0]], np.float32)

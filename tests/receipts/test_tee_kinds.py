@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from blindinfer import Policy, connect, verify_receipt
+from blindinfer._receipts import parse_bundle
 from blindinfer.errors import (
     AttestationError,
     CollateralError,
@@ -18,7 +19,6 @@ from blindinfer.errors import (
     PolicyError,
     ReceiptMismatch,
 )
-from blindinfer.receipts import parse_bundle
 from tests.e2e.test_ratls_backends import _server
 from tests.e2e.test_tee_backends import MLP, mlp_feeds, reference
 

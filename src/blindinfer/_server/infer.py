@@ -22,6 +22,7 @@ import numpy as np
 
 from blindinfer._engine.limits import RunHandle
 from blindinfer._engine.registry import LoadedModel
+from blindinfer._receipts import ReceiptSigner
 from blindinfer._server.protocol import DIRECT_BODY
 from blindinfer._server.requests import (
     check_run_access,
@@ -40,7 +41,6 @@ from blindinfer.errors import (
     PayloadTooLarge,
     ServerError,
 )
-from blindinfer.receipts import ReceiptSigner
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -135,7 +135,7 @@ class InferEndpoint:
         outputs: Mapping[str, np.ndarray],
         request_id: str,
     ) -> bytes:
-        """A receipt bundle (blindinfer.receipts) signed here, inside the TEE, with the TLS key
+        """A receipt bundle (blindinfer._receipts) signed here, inside the TEE, with the TLS key
         the evidence binds; it carries that evidence and its collateral."""
         tls = self.state.tls
         if self._signer is None:

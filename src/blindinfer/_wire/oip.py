@@ -40,7 +40,7 @@ class InferRequest:
     outputs: list[str] | None
     binary_outputs: set[str] | bool  # True = every output binary
     request_id: str | None
-    receipt: bool = False  # request parameter "receipt": sign a receipt (blindinfer.receipts)
+    receipt: bool = False  # request parameter "receipt": sign a receipt (blindinfer._receipts)
 
 
 # JSON nesting allowed in a request: a tensor's nested ``data`` (at most MAX_DIMS deep) plus the
