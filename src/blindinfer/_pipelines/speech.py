@@ -1,6 +1,6 @@
 """Speech to text (kind ``speech-to-text``): Whisper's log-mel front end, 30 s windows, and
-greedy decoding with a key/value cache over the ``encoder``, ``cross_kv`` and ``decoder`` graphs
-that ``convert/whisper.py`` writes.
+beam-search decoding with a key/value cache over the ``encoder``, ``cross_kv`` and ``decoder``
+graphs that ``convert/whisper.py`` writes.
 
 Served contract::
 
@@ -226,13 +226,15 @@ class SpeechPipeline:
             and result.avg_logprob < self.conf.logprob_threshold
         )
 
-    def cross(self, window: np.ndarray, run_options: Any | None = None) -> np.ndarray:
-        """Cross-attention keys/values [layers, 2, 1, audio_ctx, d_model] of one window."""
+    def cross(self, window: np.ndarray, run_options: Any | None = None) -> dict[str, np.ndarray]:
+        """The decoder's ``cross_k`` and ``cross_v`` feeds for one window (batch 1: the graph
+        broadcasts them over the beams)."""
         mel = log_mel(window, self.filters, self.conf)
         (features,) = self._encoder.run(["features"], {"mel": mel[None]}, run_options)
-        (cross,) = self._cross_kv.run(["cross"], {"features": features}, run_options)
-        out: np.ndarray = cross
-        return out
+        keys, values = self._cross_kv.run(
+            ["cross_k", "cross_v"], {"features": features}, run_options
+        )
+        return {"cross_k": keys, "cross_v": values}
 
     def _logprobs(self, logits: np.ndarray, first: bool) -> np.ndarray:
         """Log-probabilities [rows, vocab] of the next token, suppressed tokens at -inf."""
@@ -257,7 +259,7 @@ class SpeechPipeline:
         past = np.zeros((conf.layers, 2, 1, 0, conf.d_model), np.float32)
         logits, past = self._decoder.run(
             ["logits", "present"],
-            {"tokens": np.array([conf.prompt], np.int64), "past": past, "cross": cross},
+            {"tokens": np.array([conf.prompt], np.int64), "past": past, **cross},
             run_options,
         )
         # the no-speech probability is read at <|startoftranscript|> (position 0)
@@ -265,7 +267,6 @@ class SpeechPipeline:
         logp = self._logprobs(logits[:, -1], first=True)
         beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
         ended: list[tuple[tuple[int, ...], float]] = []
-        wide = np.repeat(cross, width, axis=2)
         budget = min(self._limits.max_decode_tokens, conf.text_ctx - len(conf.prompt))
         for step in range(budget):
             live: list[tuple[tuple[int, ...], float, int]] = []
@@ -283,7 +284,7 @@ class SpeechPipeline:
             feed = np.array([[seq[-1]] for seq, _, _ in live], np.int64)
             logits, past = self._decoder.run(
                 ["logits", "present"],
-                {"tokens": feed, "past": past[:, :, rows], "cross": wide[:, :, : len(live)]},
+                {"tokens": feed, "past": past[:, :, rows], **cross},
                 run_options,
             )
             logp = self._logprobs(logits[:, -1], first=False)
