@@ -56,12 +56,20 @@ def test_attest_json_and_refusals(server: ServerProcess, tmp_path: Path) -> None
     assert ok.returncode == 0, ok.stderr
     doc = json.loads(ok.stdout)
     assert doc["verified"] and doc["claims"]["kind"] == "simulation"
+    assert doc["certificate_evidence"] is True  # the RA-TLS extension, verified by attest too
     assert "INSECURE" in ok.stderr or "NO hardware protection" in ok.stderr
     refused = cli("attest", server.url)
     assert refused.returncode == 3 and "SIMULATION" in refused.stderr
     pem = tmp_path / "attested.pem"
     saved = cli("attest", server.url, "--simulation", "--save-cert", str(pem))
     assert saved.returncode == 0 and pem.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    import ssl
+    from datetime import UTC, datetime
+
+    from blindinfer.attestation import verify_certificate
+
+    der = ssl.PEM_cert_to_DER_cert(pem.read_text())  # the saved certificate proves itself
+    assert verify_certificate(der, at=datetime.now(UTC)).kind == "simulation"
     unreachable = cli("attest", "https://127.0.0.1:1", "--simulation")
     assert unreachable.returncode == 5
 

@@ -310,11 +310,20 @@ def attest(
         import ssl
 
         save_cert.write_text(ssl.DER_cert_to_PEM_cert(cert))
+    from blindinfer.attestation._ratls import extension_value
+
+    # attest() verified the certificate's own evidence too when it carries it (RA-TLS).
+    in_cert = extension_value(cert) is not None
     if as_json:
-        _print_json({"verified": True, "claims": claims.to_json()})
+        _print_json({"verified": True, "certificate_evidence": in_cert, "claims": claims.to_json()})
     else:
         _claims_table(claims)
         err.print("[green]verified[/green]: evidence authentic, bound to this TLS certificate")
+        if in_cert:
+            err.print(
+                "[green]verified[/green]: the certificate's own evidence (RA-TLS extension "
+                "2.23.133.5.4.9) binds its key, same TEE and measurements"
+            )
 
 
 def _decode_text(data: bytes) -> bytes:
