@@ -6,6 +6,7 @@ latency of a ~5 s clip (``pytest -s -k latency``)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 import time
@@ -115,6 +116,34 @@ def test_recording_longer_than_one_window(stt) -> None:
     got = sd.words(_text(stt, sd.encode(rate, audio)))
     assert got[:2] == ["the", "quick"] and "fox" in got[:5], got
     assert got[-5:] == ["fresh", "air", "into", "the", "room"], got
+
+
+def test_word_across_the_30s_mark_is_not_cut(stt) -> None:
+    first, second = _inputs.speech(sd.SENTENCES[2]), _inputs.speech(sd.SENTENCES[4])
+    rate, _ = sd.read(first)
+    # sentence B starts at 28 s and runs past 30 s: the first window ends in the pause
+    # before it, and B is read whole from the second window
+    audio = sd.pad(first, 1.0, 40.0)
+    b = sd.pad(second, 0.0, 6.0)
+    audio[28 * rate : 28 * rate + len(b)] = b
+    x = stt.samples(sd.encode(rate, audio))
+    spans = stt.windows(x)
+    assert len(spans) == 2 and spans[0][0] == 0 and spans[1][1] == len(x)
+    assert spans[0][1] == spans[1][0] and 25 * 16000 <= spans[0][1] <= 28 * 16000
+    got = sd.words(_text(stt, sd.encode(rate, audio)))
+    assert got == sd.words(sd.SENTENCES[2]) + sd.words(sd.SENTENCES[4]), got
+
+
+def test_windows_are_bounded(stt) -> None:
+    conf = stt.conf
+    rng = np.random.default_rng(3)
+    for n in (1, conf.window_samples, conf.window_samples + 1, 600 * 16000):
+        audio = rng.normal(0, 0.1, n).astype(np.float32)
+        spans = stt.windows(audio)
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(a < b <= a + conf.window_samples for a, b in spans)
+        assert all(p[1] == q[0] for p, q in itertools.pairwise(spans))
+        assert len(spans) <= int(np.ceil(n / (25 * 16000)))
 
 
 def test_silence_gives_no_text(stt) -> None:
