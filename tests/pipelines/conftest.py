@@ -31,3 +31,21 @@ def pipeline() -> Callable[[str], Any]:
         return _pipelines[name]
 
     return get
+
+
+@pytest.fixture
+def with_config(bundle_dir: Callable[[str], Path], tmp_path: Path) -> Callable[..., Path]:
+    """``with_config("ocr", {"rec_batch": 0})``: a copy of that bundle folder whose manifest
+    ``config`` has those keys changed (to check what a bad manifest gets)."""
+    import json
+    import shutil
+
+    def make(name: str, config: dict[str, Any]) -> Path:
+        folder = tmp_path / f"{name}-edited"
+        shutil.copytree(bundle_dir(name), folder)
+        doc = json.loads((folder / "pipeline.json").read_text())
+        doc["config"].update(config)
+        (folder / "pipeline.json").write_text(json.dumps(doc))
+        return folder
+
+    return make

@@ -186,13 +186,6 @@ def test_limits_come_from_the_limits_object(bundle_dir) -> None:
         ({"normalize": "yes"}, "normalize"),
     ],
 )
-def test_bad_manifest_config_is_refused(bundle_dir, tmp_path, config, message) -> None:
-    import shutil
-
-    folder = tmp_path / "b"
-    shutil.copytree(bundle_dir(NAME), folder)
-    doc = json.loads((folder / "pipeline.json").read_text())
-    doc["config"].update(config)
-    (folder / "pipeline.json").write_text(json.dumps(doc))
+def test_bad_manifest_config_is_refused(with_config, config, message) -> None:
     with pytest.raises(InvalidModel, match=message):
-        load_dir(folder)
+        load_dir(with_config(NAME, config))
