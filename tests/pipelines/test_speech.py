@@ -249,7 +249,11 @@ def test_too_many_channels(stt) -> None:
 
 def test_decode_tokens_bounded(bundle_dir, fox) -> None:
     few = load_dir(bundle_dir(NAME), limits=PipelineLimits(max_decode_tokens=3))
-    assert len(sd.words(_text(few, fox))) <= 3
+    audio = few.samples(fox)
+    for beams in (1, 5):
+        tokens = few.decode_window(audio, None, beams).tokens
+        assert len(tokens) == 3, (beams, tokens)  # the budget, used to the last token
+    assert sd.words(_text(few, fox))[:2] == ["the", "quick"]
 
 
 def test_bad_config_refused(bundle_dir, tmp_path: Path) -> None:

@@ -312,7 +312,10 @@ class SpeechPipeline:
                     live.append((beams[row][0] + (token,), score, row))
                 if len(live) == width:
                     break
-            if len(ended) >= width or step == budget - 1 or not live:
+            if len(ended) >= width or not live:
+                break
+            beams = [(seq, score) for seq, score, _ in live]
+            if step == budget - 1:
                 break
             rows = np.array([row for _, _, row in live], np.int64)
             feed = np.array([[seq[-1]] for seq, _, _ in live], np.int64)
@@ -322,8 +325,9 @@ class SpeechPipeline:
                 run_options,
             )
             logp = self._logprobs(logits[:, -1], first=False)
-            beams = [(seq, score) for seq, score, _ in live]
-        best, score = max(ended or beams, key=lambda e: e[1] / max(1, len(e[0])))
+        # beams still live at the budget fill the places of those that did not end (best first)
+        pool = ended + beams[: max(0, width - len(ended))]
+        best, score = max(pool, key=lambda e: e[1] / max(1, len(e[0])))
         return WindowResult(best, no_speech, score / (len(best) + 1))
 
     @staticmethod
