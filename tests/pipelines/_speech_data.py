@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 
 import numpy as np
 from convert._fetch import Pin, fetch, member
@@ -91,6 +92,18 @@ def resampled(data: bytes, rate: int, dtype: str = "int16", channels: int = 1) -
     if dtype == "float32":
         return encode(rate, y.astype(np.float32))
     return encode(rate, np.clip(np.round(y * 32767.0), -32768, 32767).astype(np.int16))
+
+
+def pcm24(data: bytes) -> bytes:
+    """A 16-bit mono WAV re-encoded as 24-bit PCM (scipy writes no 24-bit files): each sample
+    times 256, three little-endian bytes (WAVE_FORMAT_PCM, 3-byte block align)."""
+    rate, x = read(data)
+    wide = (x.astype("<i4") * 256).tobytes()
+    body = np.frombuffer(wide, np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 3, 3, 24)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data"
+    chunks += struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
 
 
 def pad(data: bytes, before_s: float, total_s: float) -> np.ndarray:

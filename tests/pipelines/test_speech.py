@@ -98,6 +98,47 @@ def test_same_words_from_other_encodings(stt, fox, rate, dtype, channels) -> Non
     assert got == want, (rate, dtype, channels)
 
 
+def test_pcm_sample_formats(stt, fox) -> None:
+    want = sd.words(_text(stt, fox))
+    rate, x = sd.read(fox)
+    assert sd.words(_text(stt, sd.pcm24(fox))) == want
+    assert sd.words(_text(stt, sd.encode(rate, x.astype(np.int32) << 16))) == want
+    assert sd.words(_text(stt, sd.resampled(fox, 96000, "float32"))) == want
+    # 8-bit PCM (unsigned, 48 dB of quantisation noise) and 11.025 kHz: at most one word differs
+    u8 = ((x.astype(np.int32) >> 8) + 128).astype(np.uint8)
+    assert sd.edit_distance(sd.words(_text(stt, sd.encode(rate, u8))), want) <= 1
+    assert sd.edit_distance(sd.words(_text(stt, sd.resampled(fox, 11025))), want) <= 1
+
+
+def test_run_options_reach_every_session_run(stt, fox, monkeypatch) -> None:
+    import onnxruntime as ort
+
+    calls: list[tuple[str, object]] = []
+
+    class Recorder:
+        def __init__(self, name: str, inner: object) -> None:
+            self.name, self.inner = name, inner
+
+        def run(self, names, feeds, run_options=None):
+            calls.append((self.name, run_options))
+            return self.inner.run(names, feeds, run_options)
+
+    for attr in ("_encoder", "_cross_kv", "_decoder"):
+        monkeypatch.setattr(stt, attr, Recorder(attr, getattr(stt, attr)))
+    options = ort.RunOptions()
+    stt.run({"input": np.array([fox], dtype=object)}, options)
+    assert {name for name, _ in calls} == {"_encoder", "_cross_kv", "_decoder"}
+    assert len(calls) > 10 and all(o is options for _, o in calls)
+    options.terminate = True  # what the server's time limit and cancellation do
+    with pytest.raises(Exception, match=r"(?i)terminat"):
+        stt.run({"input": np.array([fox], dtype=object)}, options)
+
+
+def test_very_short_clip_ends(stt, fox) -> None:
+    rate, x = sd.read(fox)
+    assert isinstance(_text(stt, sd.encode(rate, x[: rate // 5])), str)  # 0.2 s
+
+
 def test_same_words_at_8khz_and_44khz(stt) -> None:
     speech = _inputs.speech(sd.SENTENCES[2])  # a sentence tiny.en also gets right at 8 kHz
     want = sd.words(_text(stt, speech))
