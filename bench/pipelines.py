@@ -51,7 +51,9 @@ def tract_graph(name: str, folder: Path) -> dict[str, Any]:
     tract, info = tract_status()
     if tract is None:
         return info
-    role = {"minilm-embed": "encoder", "face-embed": "embed"}.get(name)
+    role = {"minilm-embed": "encoder", "face-embed": "embed", "whisper-tiny-en": "encoder"}.get(
+        name
+    )
     bundle = read_dir(folder)
     graphs = bundle.manifest.get("graphs", {})
     if role not in graphs:
@@ -180,7 +182,7 @@ def run(names: list[str], seconds: float, rounds: int, folder: Path) -> dict[str
             )
             stats["ratio_p50"] = stats["server"]["p50_ms"] / stats["in_process"]["p50_ms"]
             stats["ratio_p99"] = stats["server"]["p99_ms"] / stats["in_process"]["p99_ms"]
-            if name in ("minilm-embed", "face-embed"):
+            if name in ("minilm-embed", "face-embed", "whisper-tiny-en"):
                 stats["tract"] = tract_graph(name, folder / name)
             if name in ACCURACY:
                 stats["accuracy"] = ACCURACY[name](local)

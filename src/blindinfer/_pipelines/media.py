@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
 
 import numpy as np
@@ -85,15 +86,18 @@ def decode_wav(data: bytes, limits: PipelineLimits) -> tuple[np.ndarray, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unknown chunks are skipped, not reported
             rate, samples = wavfile.read(io.BytesIO(data), mmap=False)
-    except (ValueError, OSError, EOFError, MemoryError) as exc:
+    except (ValueError, OSError, EOFError, MemoryError, struct.error) as exc:
+        # struct.error: scipy's reader on a file cut inside a chunk header
         raise InvalidInput(f"the WAV file cannot be read: {exc}") from None
     if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:
         raise InvalidInput(
             f"the WAV sample rate is {rate} Hz; {MIN_AUDIO_RATE}-{MAX_AUDIO_RATE} Hz is accepted"
         )
     channels = 1 if samples.ndim == 1 else samples.shape[1]
-    if channels < 1 or channels > limits.max_audio_channels:
-        raise InvalidInput(
+    if channels < 1:
+        raise InvalidInput("the WAV file has no channels")
+    if channels > limits.max_audio_channels:
+        raise PayloadTooLarge(
             f"the WAV file has {channels} channels; 1-{limits.max_audio_channels} are accepted"
         )
     seconds = samples.shape[0] / rate
