@@ -64,13 +64,16 @@ def test_retained_memory_per_served_model_is_about_its_size() -> None:
 
 
 def test_onnxruntime_still_names_the_retained_bytes() -> None:
-    """If onnxruntime renames ``_model_bytes``, the drop above silently stops working."""
+    """If onnxruntime renames ``_model_bytes`` or ``_sess_options_initial``, the drop above
+    silently stops working."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, ort.SessionOptions(), providers=["CPUExecutionProvider"])
     assert session._model_bytes is data
+    assert session._sess_options_initial is not None  # holds the views of an upload
     release_model_bytes(session)
     assert session._model_bytes is None
+    assert session._sess_options_initial is None
     assert session.run(None, {"x": np.ones(1, np.float32)})[0].tolist() == [1.0]

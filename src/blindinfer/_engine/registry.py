@@ -91,11 +91,15 @@ def release_model_bytes(session: Any) -> None:
     """Drop the serialized model onnxruntime's Python wrapper keeps for the session's whole life.
 
     ``InferenceSession`` holds the bytes it was built from (``_model_bytes``, a TODO in its own
-    source) only to rebuild the session in ``set_providers``, which the server never calls: every
-    served model would cost its size twice, forever (435 MB model: 994 MB retained; 469 MB
-    without). ``tests/engine/test_memory.py`` fails if onnxruntime renames the attribute."""
+    source) and the SessionOptions it was given (``_sess_options_initial``, which hold the
+    upload as an in-memory external-data file) only to rebuild the session in
+    ``set_providers``, which the server never calls: every served model would cost its size
+    twice, forever (435 MB model: 994 MB retained; 469 MB without).
+    ``tests/engine/test_memory.py`` fails if onnxruntime renames the attributes."""
     if getattr(session, "_model_bytes", None) is not None:
         session._model_bytes = None
+    if getattr(session, "_sess_options_initial", None) is not None:
+        session._sess_options_initial = None
 
 
 def session_options(opts: EngineOptions) -> Any:
@@ -299,16 +303,27 @@ class ModelRegistry:
 
     def _session(self, data: bytes, label: str = "the model") -> Any:
         """A validated onnxruntime session for one ONNX graph, within the load time limit."""
-        parse_model(data)
+        parts = parse_model(data)
         if limits.abandoned_loads() >= MAX_ABANDONED_LOADS:
             raise LimitExceeded(
                 "the server is still busy with earlier model loads that passed their time limit; "
                 "try again later"
             )
         opts = session_options(self.options)
+        model = data
+        if parts.externals:
+            # Big initializers are copied from the upload itself (skeleton.py): onnxruntime
+            # parses a small protobuf and copies each weight once. The views are dropped with
+            # ``opts`` (release_model_bytes drops the session's own reference).
+            model = parts.loadable
+            opts.add_external_initializers(
+                [e.name for e in parts.externals],
+                [ort.OrtValue.ortvalue_from_numpy(e.array(data)) for e in parts.externals],
+            )
+        del parts
         try:
             session = limits.call_with_timeout(
-                lambda: ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]),
+                lambda: ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"]),
                 self.options.max_load_seconds,
             )
         except limits._LoadTimeout:

@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError, Message
 
+from blindinfer._engine.skeleton import Split, split
 from blindinfer._wire.models import TensorSpec
 from blindinfer._wire.tensors import ONNX_TO_DATATYPE
 from blindinfer.errors import InvalidModel, first_line
@@ -116,16 +117,19 @@ def check_inlined_size(model: onnx.ModelProto, limit: int = MAX_INLINED_NODES) -
     return _Inliner(model, limit).count(iter(model.graph.node))
 
 
-def parse_model(data: bytes, *, max_inlined_nodes: int = MAX_INLINED_NODES) -> None:
+def parse_model(data: bytes, *, max_inlined_nodes: int = MAX_INLINED_NODES) -> Split:
     """Parse and structurally check ONNX bytes; refuse any reference to external data and any
     model that expands past ``max_inlined_nodes``.
 
-    Memory matters for big models: the Python ModelProto is dropped before the checker runs, and
-    the checker gets the bytes (given a ModelProto it would serialize a third copy)."""
+    Memory and time matter for big models: the structural checks run on the model's skeleton
+    (``skeleton.py``: the protobuf without tensor payloads), so no weight is copied into Python;
+    the checker gets the bytes themselves (given a ModelProto it would serialize another copy).
+    Returns the split model: what onnxruntime should load (``Split.loadable``)."""
     if not data:
         raise InvalidModel("the model is empty: upload the raw bytes of an .onnx file")
+    parts = split(data)
     try:
-        model = onnx.load_model_from_string(data)
+        model = onnx.load_model_from_string(parts.skeleton)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise InvalidModel(
             f"the upload is not a valid ONNX model (protobuf parse failed: {exc})"
@@ -139,6 +143,7 @@ def parse_model(data: bytes, *, max_inlined_nodes: int = MAX_INLINED_NODES) -> N
         onnx.checker.check_model(data)
     except onnx.checker.ValidationError as exc:
         raise InvalidModel(f"the ONNX model failed validation: {first_line(exc)}") from exc
+    return parts
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from blindinfer import __version__
 from blindinfer._engine.registry import LoadedModel, Upload
 from blindinfer._server import openai_compat
+from blindinfer._server.buffers import WritableBytes, fill_in_place_supported
 from blindinfer._server.infer import InferEndpoint, check_version, infer_ref
 from blindinfer._server.requests import content_length, require_owner
 from blindinfer._server.state import ServerState
@@ -70,22 +71,31 @@ def quiet(app: ASGIApp, name: str) -> ASGIApp:
 FEED_BATCH = 8 << 20
 
 
-def _take(body: list[bytearray]) -> bytes:
-    """The model's bytes, the receive buffer released as soon as they are copied."""
-    data = bytes(body.pop())
-    return data
+def _take(body: list[WritableBytes | bytearray]) -> bytes:
+    """The model's bytes; a bytearray (no Content-Length, or not CPython) costs one copy, and
+    the receive buffer is released as soon as it is made."""
+    buf = body.pop()
+    return buf.take() if isinstance(buf, WritableBytes) else bytes(buf)
 
 
-async def _receive_model(request: Request, upload: Upload, limit: int) -> list[bytearray]:
-    """Read the upload's body into one buffer (preallocated from Content-Length: the owner's
-    token was checked, and the length is within ``limit``), feeding each megabyte to
-    ``upload`` (hashed and sealed on its worker thread) as it arrives. Refuses a body past
+async def _receive_model(
+    request: Request, upload: Upload, limit: int
+) -> list[WritableBytes | bytearray]:
+    """Read the upload's body into one buffer (allocated from Content-Length: the owner's token
+    was checked, and the length is within ``limit``), feeding every ``FEED_BATCH`` bytes to
+    ``upload`` (hashed and sealed on its worker thread) as they arrive. With a Content-Length the
+    buffer is the final ``bytes`` object, written in place (``buffers.py``). Refuses a body past
     ``limit`` or not matching its Content-Length."""
     declared = content_length(request.headers.get("content-length"))
     if declared is not None and declared < 0:
         raise InvalidInput("Content-Length is negative")
-    buf = bytearray(declared) if declared is not None else bytearray()
-    view = memoryview(buf) if declared is not None else None
+    target: WritableBytes | bytearray
+    if declared and fill_in_place_supported():
+        target = WritableBytes(declared)
+        view: memoryview | None = target.view
+    else:
+        target = bytearray(declared or 0)
+        view = memoryview(target) if declared is not None else None
     pos = fed = 0
     more = True
     while more:
@@ -99,11 +109,12 @@ async def _receive_model(request: Request, upload: Upload, limit: int) -> list[b
                 raise InvalidInput("the body is longer than its Content-Length")
             view[pos:end] = chunk
         else:
+            assert isinstance(target, bytearray)
             if end > limit:
                 raise PayloadTooLarge(f"the model is over the server limit of {limit} bytes")
-            buf += chunk
+            target += chunk
             if chunk:
-                upload.feed(bytes(chunk))  # buf may move as it grows: feed a stable copy
+                upload.feed(bytes(chunk))  # the buffer may move as it grows: feed a stable copy
         pos = end
         more = message.get("more_body", False)
         if view is not None and (pos - fed >= FEED_BATCH or not more):
@@ -111,7 +122,7 @@ async def _receive_model(request: Request, upload: Upload, limit: int) -> list[b
             fed = pos
     if declared is not None and pos != declared:
         raise InvalidInput(f"the body ended after {pos} of {declared} bytes")
-    return [buf]
+    return [target]
 
 
 def build_app(state: ServerState) -> ASGIApp:
@@ -226,8 +237,8 @@ def _build_starlette(state: ServerState) -> Starlette:
         except BaseException:
             await state.run_blocking(upload.abort)  # no temporary file left behind
             raise
-        # The body was hashed and sealed as it arrived; bytes() (one copy, then the buffer is
-        # dropped) because onnx's checker and onnxruntime take bytes. On a worker.
+        # The body was hashed and sealed as it arrived, into the bytes that onnx's checker and
+        # onnxruntime take. Validated and loaded on a worker.
         info = await state.run_blocking(lambda: registry.finish_upload(upload, _take(body)))
         log.info("model %s uploaded (%d bytes, id %s)", info.name, info.size, info.model_id)
         return _json(info.to_json(), 201)
