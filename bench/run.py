@@ -10,6 +10,7 @@ Not a test: it prints a table and writes JSON. See bench/README.md for what each
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -133,8 +134,11 @@ class Server:
 
 
 @contextmanager
-def server(workdir: Path, intra_op: int, profile: Path | None = None) -> Iterator[Server]:
-    """A real ``blindinfer serve`` process on loopback (optionally under cProfile)."""
+def server(
+    workdir: Path, intra_op: int, profile: Path | None = None, src: Path | None = None
+) -> Iterator[Server]:
+    """A real ``blindinfer serve`` process on loopback (optionally under cProfile; ``src``:
+    another checkout's ``src/`` directory, for a before/after run side by side)."""
     port = free_port()
     data_dir = workdir / f"data-{port}"
     log_path = workdir / f"server-{port}.log"
@@ -147,6 +151,8 @@ def server(workdir: Path, intra_op: int, profile: Path | None = None) -> Iterato
         "--log-level", "warning", "--no-demo-model", "--intra-op-threads", str(intra_op),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDINFER_")}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     srv = Server(f"https://127.0.0.1:{port}", proc, log_path)
@@ -220,6 +226,8 @@ class Plan:
     threads: list[int]
     conc_seconds: float
     connects: int
+    baseline: Path | None = None
+    latency_only: bool = False
 
 
 def measure_connect(url: str, n: int) -> dict[str, Any]:
@@ -262,10 +270,16 @@ def measure_fresh_tls(conn: Connection, model: BenchModel, plan: Plan) -> dict[s
 
 
 def measure_models(
-    url: str, models: list[BenchModel], intra_op: int, tract: Any, plan: Plan
+    url: str,
+    models: list[BenchModel],
+    intra_op: int,
+    tract: Any,
+    plan: Plan,
+    baseline_url: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     conn = connect(url)
+    base = connect(baseline_url) if baseline_url else None
     try:
         for m in models:
             sess = ort_session(m, intra_op)
@@ -273,6 +287,8 @@ def measure_models(
                 "onnxruntime": ort_runner(sess, m),
                 "server": server_runner(conn, m),
             }
+            if base is not None:
+                variants["baseline"] = server_runner(base, m)
             if m.name == "mlp":
                 variants["registry"] = _registry_runner(m, intra_op)
             if tract is not None and intra_op == 1:
@@ -286,6 +302,8 @@ def measure_models(
             )
     finally:
         conn.close()
+        if base is not None:
+            base.close()
     return out
 
 
@@ -375,6 +393,9 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             }
             if "tract" in r:
                 row["tract_over_ort_p50"] = r["tract"]["p50_ms"] / ort_p50
+            if "baseline" in r:
+                row["baseline_over_inproc_p50"] = r["baseline"]["p50_ms"] / ort_p50
+                row["baseline_added_ms_p50"] = r["baseline"]["p50_ms"] - ort_p50
             out[f"{name}@{intra_key}"] = row
     return out
 
@@ -404,14 +425,24 @@ def print_report(report: dict[str, Any]) -> None:
                 )  # fmt: skip
     console.print(lat)
     rat = Table(title="Ratios (p50)")
-    for col in ("model@threads", "server / in-process", "added ms", "tract / onnxruntime"):
+    cols = ["model@threads", "server / in-process", "added ms", "tract / onnxruntime"]
+    with_base = any("baseline_added_ms_p50" in r for r in report["ratios"].values())
+    if with_base:
+        cols += ["baseline / in-process", "baseline added ms"]
+    for col in cols:
         rat.add_column(col, justify="right")
     for key, r in report["ratios"].items():
         tract = r.get("tract_over_ort_p50")
-        rat.add_row(
+        row = [
             key, f"{r['server_over_inproc_p50']:.2f}x", f"{r['added_ms_p50']:.3f}",
             f"{tract:.2f}x" if tract else "-",
-        )  # fmt: skip
+        ]  # fmt: skip
+        if with_base:
+            row += [
+                f"{r.get('baseline_over_inproc_p50', 0):.2f}x",
+                f"{r.get('baseline_added_ms_p50', 0):.3f}",
+            ]
+        rat.add_row(*row)
     console.print(rat)
     if report.get("concurrency"):
         conc = Table(title="Concurrent throughput (intra_op=1; each thread its own Connection)")
@@ -492,6 +523,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         threads=[1, 2, 4],
         conc_seconds=0.5 if quick else 3.0,
         connects=5 if quick else 20,
+        baseline=args.baseline,
+        latency_only=args.latency_only,
     )
 
 
@@ -502,7 +535,7 @@ def run(plan: Plan) -> dict[str, Any]:
     report: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(tract_info),
-        "plan": plan.__dict__,
+        "plan": {k: str(v) if isinstance(v, Path) else v for k, v in plan.__dict__.items()},
         "models": {
             m.name: {"description": m.description, "size_bytes": m.path.stat().st_size}
             for m in models
@@ -511,19 +544,24 @@ def run(plan: Plan) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="blindinfer-bench-") as tmp:
         for i, intra in enumerate(plan.intra_ops):
-            with server(Path(tmp), intra) as srv:
+            with contextlib.ExitStack() as stack:
+                srv = stack.enter_context(server(Path(tmp), intra))
+                base = None
+                if plan.baseline is not None:
+                    base = stack.enter_context(server(Path(tmp), intra, src=plan.baseline))
+                    upload_all(base.url, models)
                 _log(f"server intra_op_threads={intra} on {srv.url}")
                 report.setdefault("upload_s", {})[f"intra_op={intra}"] = upload_all(srv.url, models)
-                if i == 0:
+                if i == 0 and not plan.latency_only:
                     report["connect"] = measure_connect(srv.url, plan.connects)
                     mlp = next((m for m in models if m.name == "mlp"), None)
                     if mlp is not None:
                         with connect(srv.url) as conn:
                             report["fresh_tls"] = measure_fresh_tls(conn, mlp, plan)
                 report["results"][f"intra_op={intra}"] = measure_models(
-                    srv.url, models, intra, tract, plan
+                    srv.url, models, intra, tract, plan, base.url if base else None
                 )
-                if i == 0:
+                if i == 0 and not plan.latency_only:
                     report["concurrency"] = measure_concurrency(srv.url, models, plan)
     report["ratios"] = ratios(report["results"])
     report["duration_s"] = time.perf_counter() - t0
@@ -538,6 +576,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="budget per measurement")
     p.add_argument("--intra-op", default=None, help="server/in-process thread settings [1,0]")
     p.add_argument("--profile-server", type=Path, default=None, metavar="FILE.prof")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="SRC",
+        help="another checkout's src/ directory: its server runs beside this one, interleaved "
+        "(same client SDK), as the 'baseline' engine",
+    )
+    p.add_argument(
+        "--latency-only", action="store_true", help="skip connect, fresh-TLS and concurrency"
+    )
     args = p.parse_args(argv)
     unknown = [m for m in args.models.split(",") if m and m not in NAMES]
     if unknown:

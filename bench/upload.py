@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=int, default=435, help="model size in MB (10^6 bytes)")
     ap.add_argument("--baseline", help="a checkout's src/ directory to compare with (before)")
-    ap.add_argument("--runs", type=int, default=1, help="uploads per server (best kept)")
+    ap.add_argument("--runs", type=int, default=1, help="uploads, each on a fresh server")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
         root = Path(tmp)
@@ -101,8 +101,10 @@ def main() -> None:
             runs = [measure(model, root / f"{label}{i}", src) for i in range(args.runs)]
             best = min(runs, key=lambda r: r["seconds"])
             grown = best["peak"] - best["before"]
+            median = sorted(r["seconds"] for r in runs)[len(runs) // 2]
             print(
-                f"{label:>6}: {size / MB / best['seconds']:6.1f} MB/s ({best['seconds']:.2f} s)  "
+                f"{label:>6}: {size / MB / best['seconds']:6.1f} MB/s best "
+                f"({best['seconds']:.2f} s), {size / MB / median:6.1f} MB/s median of {len(runs)}  "
                 f"peak RSS {best['peak'] / MB:6.0f} MB = {best['peak'] / size:.2f}x the model "
                 f"(+{grown / MB:.0f} MB = {grown / size:.2f}x over idle {best['before'] / MB:.0f}"
                 f" MB; bound 2x+150 MB = {(2 * size + 150 * MB) / MB:.0f} MB)",

@@ -14,8 +14,8 @@ import pytest
 from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto, helper, numpy_helper
 
-from blindinfer._engine.skeleton import IN_MEMORY, MAX_DEPTH, MIN_IN_MEMORY, split
-from blindinfer._engine.validate import check_no_external_data
+from blindinfer._engine.skeleton import IN_MEMORY, MAX_DEPTH, MIN_IN_MEMORY, Split, split
+from blindinfer._engine.validate import check_no_external_data, parse_model
 from blindinfer._server.buffers import WritableBytes
 from blindinfer.errors import InvalidModel
 
@@ -119,11 +119,49 @@ CORPUS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
-def test_skeleton_is_the_model_without_payloads(name: str) -> None:
-    data = CORPUS[name]
-    parts = split(data)
+def _restored(parts: Split, data: bytes, form: str) -> bytes:
+    """The loadable or checkable form with the handed-over weights put back as raw_data: must
+    be the uploaded model itself."""
+    model = onnx.load_model_from_string(parts.loadable if form == "loadable" else parts.checkable)
+    handed = {e.name: e for e in parts.externals}
+    for tensor in model.graph.initializer:
+        ext = handed.get(tensor.name)
+        if ext is None:
+            continue
+        if form == "loadable":
+            assert tensor.data_location == TensorProto.EXTERNAL
+            assert {e.key: e.value for e in tensor.external_data}["location"] == IN_MEMORY
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+        else:
+            assert list(tensor.dims) == [0] and not tensor.HasField("raw_data")
+            tensor.ClearField("dims")
+            tensor.dims.extend(ext.shape)
+        tensor.raw_data = data[ext.offset : ext.offset + ext.length]
+    model.DiscardUnknownFields()
+    return model.SerializeToString(deterministic=True)
+
+
+def _assert_faithful(data: bytes, parts: Split) -> None:
     assert _normal(parts.skeleton, strip=False) == _normal(data, strip=True)
+    for form in ("loadable", "checkable"):
+        assert _restored(parts, data, form) == _normal(data, strip=False), form
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_every_form_is_the_uploaded_model(name: str) -> None:
+    """The skeleton is the model minus payloads; the loadable and checkable forms are the model
+    once the handed-over weights are put back."""
+    data = CORPUS[name]
+    _assert_faithful(data, split(data))
+
+
+def test_the_checker_passes_the_checkable_form_and_checks_what_stays_inline() -> None:
+    parts = split(RICH)
+    assert parts.externals and parts.checkable != parts.loadable
+    onnx.checker.check_model(parts.checkable)
+    small = split(CORPUS["mlp"])
+    assert small.checkable is small.loadable  # nothing handed over: one form
 
 
 def test_external_data_stays_visible_in_the_skeleton() -> None:
@@ -213,7 +251,7 @@ def _initializer_model(weight: TensorProto) -> bytes:
         [helper.make_node("Identity", ["w"], ["y"])],
         "g",
         [],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
         [weight],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
@@ -226,8 +264,10 @@ def test_only_plain_big_payloads_are_handed_over() -> None:
     small = numpy_helper.from_array(big[:100], "w")
     assert split(_initializer_model(small)).externals == ()
     wrong_size = numpy_helper.from_array(big, "w")
-    wrong_size.dims[0] += 1  # onnxruntime must see (and refuse) the upload as it is
+    wrong_size.dims[0] += 1  # the checker and onnxruntime must see (and refuse) it as it is
     assert split(_initializer_model(wrong_size)).externals == ()
+    with pytest.raises(InvalidModel, match="too small for the declared shape"):
+        parse_model(_initializer_model(wrong_size))
     bf16 = numpy_helper.from_array(big, "w")
     bf16.data_type = TensorProto.BFLOAT16
     bf16.dims[0] *= 2
@@ -299,8 +339,8 @@ def test_nesting_past_protobufs_limit_is_refused() -> None:
 
 def test_mutated_models_never_split_differently_from_protobuf() -> None:
     """Seeded random corruptions of the rich model: whenever both protobuf and the walk accept
-    the bytes, the skeleton is what protobuf read, minus payloads, and the loadable form holds
-    the same model once its handed-over weights are put back."""
+    the bytes, the skeleton is what protobuf read, minus payloads, and the loadable and
+    checkable forms hold the same model once their handed-over weights are put back."""
     rng = random.Random(5)
     agreed = 0
     for _ in range(400):
@@ -320,5 +360,6 @@ def test_mutated_models_never_split_differently_from_protobuf() -> None:
         except InvalidModel:
             continue
         assert _normal(parts.skeleton, strip=False) == reference
+        _assert_faithful(bytes(data), parts)
         agreed += 1
     assert agreed > 100

@@ -367,25 +367,36 @@ class Connection:
         """Stream a model's raw ONNX bytes to the server (owner token needed). A folder is a
         pipeline bundle (``pipeline.json`` + its files): packed into one archive and uploaded as
         one unit, whose sha256 covers every file."""
-        if not isinstance(model, bytes | bytearray) and Path(model).is_dir():
-            from blindinfer._pipelines.bundle import pack_dir
-
-            data: bytes | bytearray = pack_dir(Path(model))
-        else:
-            data = model if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
         if name is None and not isinstance(model, bytes | bytearray):
             name = Path(model).stem if not Path(model).is_dir() else Path(model).name
+        return self._upload(_model_bytes(model), name, replace, restricted, progress)
+
+    def _upload(
+        self,
+        data: bytes | bytearray | _FileBody,
+        name: str | None,
+        replace: bool,
+        restricted: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> ModelInfo:
         total = len(data)
 
         class Chunks:
-            """Re-iterable, so a retry on a fresh connection can send the model again."""
+            """Re-iterable, so a retry on a fresh connection can send the model again. Pieces
+            are views (of the model in memory, or of the file's read buffer), never copies."""
 
-            def __iter__(self) -> Iterator[bytes]:
-                view = memoryview(data)
-                for start in range(0, total, UPLOAD_CHUNK):
-                    yield bytes(view[start : start + UPLOAD_CHUNK])
+            def __iter__(self) -> Iterator[memoryview]:
+                if isinstance(data, _FileBody):
+                    pieces: Iterable[memoryview] = data
+                else:
+                    view = memoryview(data)
+                    pieces = (view[i : i + UPLOAD_CHUNK] for i in range(0, total, UPLOAD_CHUNK))
+                sent = 0
+                for piece in pieces:
+                    yield piece
+                    sent += len(piece)
                     if progress is not None:
-                        progress(min(start + UPLOAD_CHUNK, total), total)
+                        progress(min(sent, total), total)
 
         params = {"replace": str(replace).lower(), "restricted": str(restricted).lower()}
         if name:
@@ -393,7 +404,7 @@ class Connection:
         reply = self._request(
             "POST",
             f"/blindinfer/v1/models?{urlencode(params)}",
-            Chunks(),
+            Chunks(),  # type: ignore[arg-type]
             {"content-length": str(total), "content-type": "application/octet-stream"},
         )
         info = ModelInfo.from_json(json.loads(reply.body))
@@ -492,6 +503,38 @@ class Connection:
         except (KeyError, TypeError, ValueError) as exc:
             raise BlindInferError("the server sent no receipt (or a malformed one)") from exc
         return Outputs(result, bundle)
+
+
+class _FileBody:
+    """A model file sent as it is read: one reused buffer of ``UPLOAD_CHUNK`` (the transport
+    sends each piece before asking for the next), never a copy of the whole model in memory.
+    Re-iterable, so a retry on a fresh connection reads it again; a file whose size changes
+    meanwhile ends the request on a length mismatch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = path.stat().st_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[memoryview]:
+        buf = bytearray(min(UPLOAD_CHUNK, max(self.size, 1)))
+        with open(self.path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                yield memoryview(buf)[:n]
+
+
+def _model_bytes(model: str | Path | bytes | bytearray) -> bytes | bytearray | _FileBody:
+    """The bytes to upload: as given, a packed pipeline folder, or a file read as it is sent."""
+    if isinstance(model, bytes | bytearray):
+        return model
+    path = Path(model)
+    if path.is_dir():
+        from blindinfer._pipelines.bundle import pack_dir
+
+        return pack_dir(path)
+    return _FileBody(path)
 
 
 def connect(

@@ -310,12 +310,13 @@ class ModelRegistry:
                 "try again later"
             )
         opts = session_options(self.options)
-        model = data
+        # What was checked, re-encoded from one reading of the upload (skeleton.py), and never
+        # the uploaded bytes themselves.
+        model = parts.loadable
         if parts.externals:
-            # Big initializers are copied from the upload itself (skeleton.py): onnxruntime
-            # parses a small protobuf and copies each weight once. The views are dropped with
-            # ``opts`` (release_model_bytes drops the session's own reference).
-            model = parts.loadable
+            # Big initializers are copied from the upload itself: onnxruntime parses a small
+            # protobuf and copies each weight once. The views are dropped with ``opts``
+            # (release_model_bytes drops the session's own reference).
             opts.add_external_initializers(
                 [e.name for e in parts.externals],
                 [ort.OrtValue.ortvalue_from_numpy(e.array(data)) for e in parts.externals],

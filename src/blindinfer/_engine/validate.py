@@ -122,9 +122,10 @@ def parse_model(data: bytes, *, max_inlined_nodes: int = MAX_INLINED_NODES) -> S
     model that expands past ``max_inlined_nodes``.
 
     Memory and time matter for big models: the structural checks run on the model's skeleton
-    (``skeleton.py``: the protobuf without tensor payloads), so no weight is copied into Python;
-    the checker gets the bytes themselves (given a ModelProto it would serialize another copy).
-    Returns the split model: what onnxruntime should load (``Split.loadable``)."""
+    (``skeleton.py``: the protobuf without tensor payloads), so no weight is copied into Python,
+    and the checker on its checkable form (weights handed to onnxruntime shown as empty tensors).
+    Returns the split model: onnxruntime must load ``Split.loadable`` (what was checked), never
+    the uploaded bytes."""
     if not data:
         raise InvalidModel("the model is empty: upload the raw bytes of an .onnx file")
     parts = split(data)
@@ -140,7 +141,7 @@ def parse_model(data: bytes, *, max_inlined_nodes: int = MAX_INLINED_NODES) -> S
     check_inlined_size(model, max_inlined_nodes)
     del model
     try:
-        onnx.checker.check_model(data)
+        onnx.checker.check_model(parts.checkable)
     except onnx.checker.ValidationError as exc:
         raise InvalidModel(f"the ONNX model failed validation: {first_line(exc)}") from exc
     return parts
