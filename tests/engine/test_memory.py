@@ -63,6 +63,51 @@ def test_retained_memory_per_served_model_is_about_its_size() -> None:
     assert retained <= 1.15 * size, f"{retained / size:.2f}x the model's size retained"
 
 
+# Peak memory while one model is validated and loaded: the bytes are there already, onnxruntime
+# makes its one copy of the weights; nothing else may copy them (a full parse into Python, a
+# walk that materialised every raw_data, the checker's own parse and onnxruntime's parse of the
+# whole protobuf each did: 4x the model's size on top of it before).
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import gc, os
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    from blindinfer._engine.registry import EngineOptions, ModelRegistry
+
+    def status(key):
+        for line in open(f"/proc/{os.getpid()}/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    def model_bytes(n):
+        w = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])
+        node = helper.make_node("Add", ["x", "w"], ["y"])
+        graph = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(w, "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    registry = ModelRegistry(None, EngineOptions())
+    registry.add(model_bytes(1 << 20).SerializeToString(), name="warm", persist=False)
+    data = model_bytes(16 << 20).SerializeToString()
+    gc.collect()
+    before = status("VmRSS")
+    with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    registry.add(data, name="big", persist=False)
+    print(len(data), status("VmHWM") - before)
+    """
+)
+
+
+def test_loading_a_model_copies_its_weights_once() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, timeout=300, check=True
+    )
+    size, grown = map(int, out.stdout.split())
+    assert grown <= 1.3 * size, f"peak grew by {grown / size:.2f}x the model's size"
+
+
 def test_onnxruntime_still_names_the_retained_bytes() -> None:
     """If onnxruntime renames ``_model_bytes`` or ``_sess_options_initial``, the drop above
     silently stops working."""
