@@ -23,7 +23,7 @@ import numpy as np
 from blindinfer._engine.limits import RunHandle
 from blindinfer._engine.registry import LoadedModel
 from blindinfer._receipts import ReceiptSigner
-from blindinfer._server.protocol import DIRECT_BODY
+from blindinfer._server.protocol import CONNECTIONS, DIRECT_BODY
 from blindinfer._server.requests import (
     check_run_access,
     content_length,
@@ -83,6 +83,16 @@ def check_version(ref: str, version: str | None) -> None:
 # An inline run past this is stopped and rerun on a worker, and its model never runs inline
 # again: a tiny model whose loop count is an input must not hold the event loop.
 INLINE_MAX_SECONDS = 0.01
+# A model whose runs usually take up to INLINE_ALONE_S also runs on the event loop when its
+# request is all the server is doing (the only open connection on this port, nothing on the
+# workers): a hop to a worker and back wakes two idle threads, which cost 0.6 ms per ResNet-18
+# call and 0.8 ms per BERT-shaped call on this 2-vCPU VM (bench.run --baseline, always inline
+# against workers). Nobody waits meanwhile but a new connection's first bytes, for at most
+# INLINE_ALONE_CAP times the model's usual time plus the run watchdog's tick (<= 0.25 s): a run
+# past that is stopped, redone on a worker, and its model is never run inline again.
+INLINE_ALONE_S = 0.1
+INLINE_ALONE_CAP = 4.0
+INLINE_ALONE_MAX_BODY = 16 * 1024 * 1024
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -90,7 +100,8 @@ Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 class InferEndpoint:
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self._run_time: dict[str, float] = {}  # model_id -> smoothed seconds per run
+        self._run_time: dict[str, float] = {}  # model_id -> smoothed seconds per run (clipped)
+        self._typical: dict[str, float] = {}  # model_id -> smoothed seconds per run
         self._never_inline: set[str] = set()
         self._signer: ReceiptSigner | None = None  # made on the first receipt
         self._own_claims: tuple[Evidence, Claims | None] | None = None
@@ -109,9 +120,13 @@ class InferEndpoint:
         outputs = self.state.registry.run(model, req.inputs, req.outputs, on_start, max_seconds)
         # Clipped so that one slow sample (a noisy neighbour, a page fault) cannot push a
         # tiny model off the inline path for the next several requests.
-        elapsed = min(time.perf_counter() - start, 2 * INLINE_RUN_S)
-        old = self._run_time.get(model.info.model_id, elapsed)
-        self._run_time[model.info.model_id] = old + _EWMA * (elapsed - old)
+        took = time.perf_counter() - start
+        elapsed = min(took, 2 * INLINE_RUN_S)
+        model_id = model.info.model_id
+        old = self._run_time.get(model_id, elapsed)
+        self._run_time[model_id] = old + _EWMA * (elapsed - old)
+        typical = self._typical.get(model_id, took)
+        self._typical[model_id] = typical + _EWMA * (took - typical)
         request_id, params = req.request_id, None
         if req.receipt:  # nothing is hashed or signed unless the client asked
             request_id = request_id if request_id is not None else uuid.uuid4().hex
@@ -217,25 +232,45 @@ class InferEndpoint:
             body = await read_limited(receive, declared, limit, "inference request")
         model_id = model.info.model_id
         start = time.perf_counter()
+        connections = scope.get("extensions", {}).get(CONNECTIONS)
+        alone = (
+            connections is not None
+            and len(connections) <= 1
+            and state.running == 0
+            and len(body) <= INLINE_ALONE_MAX_BODY
+        )
         try:
-            reply = await self._run(model, body, header_len, receive)
+            reply = await self._run(model, body, header_len, receive, alone)
         except ServerError:
             state.metrics.record_run(model_id, time.perf_counter() - start, ok=False)
             raise
         state.metrics.record_run(model_id, time.perf_counter() - start, ok=True)
         return reply
 
+    def _inline_limit(self, model_id: str, size: int, alone: bool) -> float | None:
+        """The time limit of a run on the event loop, or None: run it on a worker."""
+        if model_id in self._never_inline:
+            return None
+        if size <= INLINE_MAX_BODY and self._run_time.get(model_id, 1.0) < INLINE_RUN_S:
+            return INLINE_MAX_SECONDS
+        typical = self._typical.get(model_id)
+        if alone and typical is not None and typical <= INLINE_ALONE_S:
+            return max(INLINE_MAX_SECONDS, INLINE_ALONE_CAP * typical)
+        return None
+
     async def _run(
-        self, model: LoadedModel, body: bytearray, header_len: int | None, receive: Receive
+        self,
+        model: LoadedModel,
+        body: bytearray,
+        header_len: int | None,
+        receive: Receive,
+        alone: bool = False,
     ) -> Reply:
         model_id = model.info.model_id
-        if (
-            len(body) <= INLINE_MAX_BODY
-            and self._run_time.get(model_id, 1.0) < INLINE_RUN_S
-            and model_id not in self._never_inline
-        ):
+        limit = self._inline_limit(model_id, len(body), alone)
+        if limit is not None:
             try:
-                return self._work(model, body, header_len, max_seconds=INLINE_MAX_SECONDS)
+                return self._work(model, body, header_len, max_seconds=limit)
             except LimitExceeded:
                 self._never_inline.add(model_id)  # and run it again below, on a worker
         return await self.state.run_cancellable(

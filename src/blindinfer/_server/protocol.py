@@ -36,6 +36,8 @@ class ConnectionLimits:
 # At most this much is allocated ahead of the bytes that arrived (as in requests.read_limited).
 PREALLOCATE_MAX = 1024 * 1024
 DIRECT_BODY = "blindinfer.body"  # the scope extension the infer endpoint reads the body from
+# The scope extension holding this listener's open connections (a live set: len() is current).
+CONNECTIONS = "blindinfer.connections"
 
 
 class DirectBody:
@@ -202,8 +204,10 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             super().on_headers_complete()
             # The app's task exists but has not run: it sees the extension in its scope.
             self._direct = _direct_candidate(self.scope, self._limits.direct_body_max)
+            extensions = self.scope.setdefault("extensions", {})
+            extensions[CONNECTIONS] = self.connections
             if self._direct is not None:
-                self.scope.setdefault("extensions", {})[DIRECT_BODY] = self._direct
+                extensions[DIRECT_BODY] = self._direct
 
         def on_body(self, body: bytes) -> None:
             self._extend()

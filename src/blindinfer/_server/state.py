@@ -43,6 +43,7 @@ class ServerState:
     )
     stop_event: asyncio.Event | None = None  # set by the runner; set it to stop serving
     metrics: Metrics = field(default_factory=Metrics)
+    running: int = 0  # blocking calls on the workers right now (read by the inline policy)
     _evidence: Evidence | None = None
     _evidence_time: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,6 +82,7 @@ class ServerState:
         future = loop.run_in_executor(self.executor, work, handles.append)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
         self.metrics.in_flight.inc()
+        self.running += 1
         try:
             done, _ = await asyncio.wait([future, watcher], return_when=asyncio.FIRST_COMPLETED)
             if future not in done and watcher.result().get("type") == "http.disconnect":
@@ -89,15 +91,18 @@ class ServerState:
             return await future
         finally:
             watcher.cancel()
+            self.running -= 1
             self.metrics.in_flight.dec()
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking work (inference, model loading, evidence) off the event loop."""
         loop = asyncio.get_running_loop()
         self.metrics.in_flight.inc()
+        self.running += 1
         try:
             return await loop.run_in_executor(self.executor, fn, *args)
         finally:
+            self.running -= 1
             self.metrics.in_flight.dec()
 
     def update_gauges(self, metrics: Metrics) -> None:
