@@ -91,8 +91,8 @@ def release_model_bytes(session: Any) -> None:
     """Drop the serialized model onnxruntime's Python wrapper keeps for the session's whole life.
 
     ``InferenceSession`` holds the bytes it was built from (``_model_bytes``, a TODO in its own
-    source) and the SessionOptions it was given (``_sess_options_initial``, which hold the
-    upload as an in-memory external-data file) only to rebuild the session in
+    source) and the SessionOptions it was given (``_sess_options_initial``, which hold views of
+    the upload as external initializers) only to rebuild the session in
     ``set_providers``, which the server never calls: every served model would cost its size
     twice, forever (435 MB model: 994 MB retained; 469 MB without).
     ``tests/engine/test_memory.py`` fails if onnxruntime renames the attributes."""
