@@ -272,8 +272,7 @@ def test_only_plain_big_payloads_are_handed_over() -> None:
     bf16.data_type = TensorProto.BFLOAT16
     bf16.dims[0] *= 2
     assert split(_initializer_model(bf16)).externals == ()
-    twice = _initializer_model(plain) + b""
-    doubled = onnx.load_model_from_string(twice)
+    doubled = onnx.load_model_from_string(_initializer_model(plain))
     # raw_data given twice in one tensor (protobuf keeps the last): left as uploaded
     tensor = doubled.graph.initializer[0].SerializeToString() + bytes([9 << 3 | 2, 4]) + b"abcd"
     doubled.graph.ClearField("initializer")

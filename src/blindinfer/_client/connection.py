@@ -369,16 +369,7 @@ class Connection:
         one unit, whose sha256 covers every file."""
         if name is None and not isinstance(model, bytes | bytearray):
             name = Path(model).stem if not Path(model).is_dir() else Path(model).name
-        return self._upload(_model_bytes(model), name, replace, restricted, progress)
-
-    def _upload(
-        self,
-        data: bytes | bytearray | _FileBody,
-        name: str | None,
-        replace: bool,
-        restricted: bool,
-        progress: Callable[[int, int], None] | None,
-    ) -> ModelInfo:
+        data = _model_bytes(model)
         total = len(data)
 
         class Chunks:
@@ -386,13 +377,8 @@ class Connection:
             are views (of the model in memory, or of the file's read buffer), never copies."""
 
             def __iter__(self) -> Iterator[memoryview]:
-                if isinstance(data, _FileBody):
-                    pieces: Iterable[memoryview] = data
-                else:
-                    view = memoryview(data)
-                    pieces = (view[i : i + UPLOAD_CHUNK] for i in range(0, total, UPLOAD_CHUNK))
                 sent = 0
-                for piece in pieces:
+                for piece in _pieces(data):
                     yield piece
                     sent += len(piece)
                     if progress is not None:
@@ -523,6 +509,13 @@ class _FileBody:
         with open(self.path, "rb", buffering=0) as f:
             while n := f.readinto(buf):
                 yield memoryview(buf)[:n]
+
+
+def _pieces(data: bytes | bytearray | _FileBody) -> Iterable[memoryview]:
+    if isinstance(data, _FileBody):
+        return data
+    view = memoryview(data)
+    return (view[i : i + UPLOAD_CHUNK] for i in range(0, len(view), UPLOAD_CHUNK))
 
 
 def _model_bytes(model: str | Path | bytes | bytearray) -> bytes | bytearray | _FileBody:

@@ -119,7 +119,7 @@ class _Conn:
         self._view = memoryview(self._buf)
 
     def _recv(self) -> memoryview:
-        """The next bytes of the reply (b"" at EOF), valid until the next read: h11 copies
+        """The next bytes of the reply (empty at EOF), valid until the next read: h11 copies
         what it is given."""
         return self._view[: self.sock.recv_into(self._buf)]
 
@@ -217,7 +217,7 @@ class _Conn:
             elif event is h11.NEED_DATA:
                 more = self._recv()
                 eof = not more
-                http.receive_data(bytes(more) if eof else cast(bytes, more))
+                http.receive_data(cast(bytes, more))  # empty at EOF: h11 marks the close
             elif isinstance(event, h11.InformationalResponse):
                 # A 1xx to a request that asked for none: handed up as the reply (the caller
                 # refuses it); the final reply that may follow is never read, so never reuse.

@@ -320,16 +320,11 @@ def _child(where: str, number: int) -> str:
 
 
 def split(data: bytes | bytearray | memoryview) -> Split:
-    """The model's skeleton and loadable form (see the module docstring); InvalidModel when the
-    bytes are not a well-formed protobuf message."""
+    """The model's skeleton, loadable and checkable forms (see the module docstring);
+    InvalidModel when the bytes are not a well-formed protobuf message."""
     view = memoryview(data).cast("B")
     walker = _Walker()
     skel, load, check = walker.walk(view, 0, len(view), onnx.ModelProto.DESCRIPTOR, 0, "model")
     loadable = bytes(load)
     checkable = bytes(check) if walker.externals else loadable
     return Split(bytes(skel), loadable, checkable, tuple(walker.externals.values()))
-
-
-def skeleton(data: bytes | bytearray | memoryview) -> bytes:
-    """The model's bytes without tensor payloads."""
-    return split(data).skeleton

@@ -89,9 +89,7 @@ class SealedStore:
         memory (the output equals AESGCM.encrypt's)."""
         writer = self.writer(model_id, meta)
         try:
-            view = memoryview(data)
-            for start in range(0, len(view), _CHUNK):
-                writer.update(view[start : start + _CHUNK])
+            writer.update(data)  # encrypted in _CHUNK pieces into one reused buffer
             digest = writer.finish()
             writer.commit()
         except BaseException:
