@@ -8,6 +8,7 @@ Shared by the server and the SDK; no transport code here.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -329,15 +330,59 @@ def _split(body: bytes | bytearray, header_length: int | None) -> int:
     return header_length
 
 
+# A client sends the same JSON header over and over (same model, same shapes): what parsing and
+# checking such a header found is kept, keyed by its exact bytes, for headers that describe only
+# binary tensors (no tensor data, no request id: nothing that differs per request). Parsing is a
+# pure function of those bytes, so the result is the same; what still depends on the body (each
+# tensor's place and size in it) is checked on every request. Bounded: cleared when full.
+_PLAN_MAX_HEADER = 4096
+_PLAN_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class _Plan:
+    inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, size
+    outputs: tuple[str, ...] | None
+    binary_outputs: frozenset[str] | bool
+    receipt: bool
+    binary_size: int  # the bytes that follow the header
+
+
+_plans: dict[bytes, _Plan] = {}
+
+
 def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> InferRequest:
     """Parse a JSON or binary-extension request body into named numpy arrays (zero-copy)."""
     split = _split(body, header_length)
     view = memoryview(body)
-    header = load_json(view[:split].tobytes())
+    key = view[:split].tobytes() if split <= _PLAN_MAX_HEADER else None
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None and split + plan.binary_size == len(body):
+        offset = split
+        inputs: dict[str, np.ndarray] = {}
+        for name, datatype, shape, size in plan.inputs:
+            inputs[name] = _binary_tensor(view, offset, size, name, datatype, shape)
+            offset += size
+        binary = plan.binary_outputs
+        return InferRequest(
+            inputs,
+            list(plan.outputs) if plan.outputs is not None else None,
+            set(binary) if isinstance(binary, frozenset) else binary,
+            None,
+            plan.receipt,
+        )
+    return _parse_infer_request(view, split, key)
+
+
+def _parse_infer_request(body: memoryview, split: int, key: bytes | None) -> InferRequest:
+    view = body
+    header = load_json(key if key is not None else view[:split].tobytes())
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("request must be a JSON object with an 'inputs' list")
     offset = split
     inputs: dict[str, np.ndarray] = {}
+    plan_inputs: list[tuple[str, str, tuple[int, ...], int]] = []
+    binary_only = True
     for item in header["inputs"]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput("each input must be an object with a 'name' string")
@@ -349,16 +394,29 @@ def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> I
         size = _parameters(item.get("parameters"), f"input {_label(name)}").get("binary_data_size")
         if size is None:
             inputs[name] = _json_tensor(name, datatype, shape, item.get("data"))
+            binary_only = False
             continue
         if item.get("data") is not None:
             raise InvalidInput(f"input {_label(name)} has both 'data' and binary_data_size")
         inputs[name] = _binary_tensor(view, offset, size, name, datatype, shape)
+        plan_inputs.append((name, datatype, shape, size))
         offset += size
     if offset != len(body):
         raise InvalidInput(f"{len(body) - offset} bytes of binary data follow the last tensor")
     outputs, binary = _requested_outputs(header)
     receipt = _flag(_parameters(header.get("parameters"), "the request"), "receipt", "the request")
-    return InferRequest(inputs, outputs, binary, _request_id(header.get("id")), receipt)
+    request_id = _request_id(header.get("id"))
+    if key is not None and request_id is None and binary_only:
+        if len(_plans) >= _PLAN_CACHE_SIZE:
+            _plans.clear()
+        _plans[key] = _Plan(
+            tuple(plan_inputs),
+            tuple(outputs) if outputs is not None else None,
+            frozenset(binary) if isinstance(binary, set) else binary,
+            receipt,
+            offset - split,
+        )
+    return InferRequest(inputs, outputs, binary, request_id, receipt)
 
 
 def _request_id(raw: Any) -> str | None:
@@ -401,6 +459,10 @@ def encode_infer_response(
 ) -> tuple[list[bytes | memoryview], int | None]:
     """Body chunks and the JSON header length (None when the response is plain JSON).
     ``parameters``: the response's own OIP parameters (e.g. its receipt)."""
+    if outputs and request_id is None and not parameters and _all_binary(outputs, binary):
+        raw = [to_wire_bytes(array) for array in outputs.values()]
+        header = _response_header(model_name, _described(outputs, raw))
+        return [header, *raw], len(header)
     descs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for name, array in outputs.items():
@@ -427,6 +489,41 @@ def encode_infer_response(
     return [header, *blobs], len(header)
 
 
+_Described = tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, size
+
+
+def _all_binary(outputs: Mapping[str, np.ndarray], binary: set[str] | bool) -> bool:
+    """Whether every output goes out as binary data of a fixed-size type."""
+    return all(
+        array.dtype != object and (binary is True or (isinstance(binary, set) and name in binary))
+        for name, array in outputs.items()
+    )
+
+
+def _described(arrays: Mapping[str, np.ndarray], blobs: Sequence[bytes | memoryview]) -> _Described:
+    return tuple(
+        (name, datatype_of(array), array.shape, len(blob))
+        for (name, array), blob in zip(arrays.items(), blobs, strict=True)
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _response_header(model_name: str, described: _Described) -> bytes:
+    """The JSON header of an all-binary response: the same for every run of a model whose
+    output shapes do not change, so it is written once (bounded cache)."""
+    descs = [
+        {
+            "name": name,
+            "datatype": datatype,
+            "shape": list(shape),
+            "parameters": {"binary_data_size": size},
+        }
+        for name, datatype, shape, size in described
+    ]
+    doc = {"model_name": model_name, "model_version": "1", "outputs": descs}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
 def _json_data(name: str, array: np.ndarray) -> list[Any]:
     if array.dtype != object:
         return list(array.reshape(-1).tolist())
@@ -446,27 +543,38 @@ def encode_infer_request(
 ) -> tuple[list[bytes | memoryview], int]:
     """Binary-extension request (every tensor binary, every output requested binary), with
     extra request ``parameters`` (e.g. ``{"receipt": True}``)."""
-    descs = []
-    blobs: list[bytes | memoryview] = []
-    for name, array in inputs.items():
-        blob = to_wire_bytes(array)
-        descs.append(
-            {
-                "name": name,
-                "datatype": datatype_of(array),
-                "shape": list(array.shape),
-                "parameters": {"binary_data_size": len(blob)},
-            }
-        )
-        blobs.append(blob)
+    blobs = [to_wire_bytes(array) for array in inputs.values()]
+    described = _described(inputs, blobs)
+    wanted = tuple(outputs) if outputs else None
+    try:
+        header = _request_header(described, wanted, tuple((parameters or {}).items()))
+    except TypeError:  # a parameter value that cannot be a cache key (a list, a dict)
+        header = _request_header.__wrapped__(described, wanted, tuple((parameters or {}).items()))
+    return [header, *blobs], len(header)
+
+
+@functools.lru_cache(maxsize=256)
+def _request_header(
+    described: _Described, outputs: tuple[str, ...] | None, parameters: tuple[tuple[str, Any], ...]
+) -> bytes:
+    """A request's JSON header: the same for every call with the same names, types, shapes
+    and parameters, so it is written once (bounded cache)."""
+    descs = [
+        {
+            "name": name,
+            "datatype": datatype,
+            "shape": list(shape),
+            "parameters": {"binary_data_size": size},
+        }
+        for name, datatype, shape, size in described
+    ]
     doc: dict[str, Any] = {
         "inputs": descs,
-        "parameters": {**(parameters or {}), "binary_data_output": True},
+        "parameters": {**dict(parameters), "binary_data_output": True},
     }
     if outputs:
         doc["outputs"] = [{"name": n} for n in outputs]
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    return [header, *blobs], len(header)
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
@@ -479,10 +587,21 @@ def parse_infer_response_parameters(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Outputs by name and the response's own ``parameters`` (empty when it has none)."""
     split = header_length if header_length is not None else len(body)
-    doc = json.loads(memoryview(body)[:split].tobytes())
     view = memoryview(body)
+    raw = view[:split].tobytes()
+    plan = _response_plans.get(raw) if header_length is not None else None
+    if plan is not None:
+        return _materialize(plan, view, split), {}
+    doc = json.loads(raw)
     offset = split
     out: dict[str, np.ndarray] = {}
+    if header_length is not None and len(raw) <= _PLAN_MAX_HEADER and _no_id(doc):
+        plan = _response_plan(doc)
+        if plan is not None:
+            if len(_response_plans) >= _PLAN_CACHE_SIZE:
+                _response_plans.clear()
+            _response_plans[raw] = plan
+            return _materialize(plan, view, split), {}
     for item in doc["outputs"]:
         datatype, shape = item["datatype"], tuple(item["shape"])
         size = (item.get("parameters") or {}).get("binary_data_size")
@@ -495,3 +614,34 @@ def parse_infer_response_parameters(
             out[item["name"]] = np.asarray(item["data"], dtype=DATATYPES[datatype]).reshape(shape)
     params = doc.get("parameters")
     return out, dict(params) if isinstance(params, dict) else {}
+
+
+# The client's side of the same idea: a server answers a model's runs with the same JSON header
+# (same outputs, same shapes); what it says is read once. Only all-binary headers without an id
+# or parameters (a receipt differs per run) are kept; bounded, cleared when full.
+_response_plans: dict[bytes, _Described] = {}
+
+
+def _response_plan(doc: Any) -> _Described | None:
+    if not isinstance(doc, dict) or "parameters" in doc or not isinstance(doc.get("outputs"), list):
+        return None
+    plan = []
+    for item in doc["outputs"]:
+        params = item.get("parameters") if isinstance(item, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None or item.get("datatype") == BYTES:
+            return None
+        plan.append((item["name"], item["datatype"], tuple(item["shape"]), size))
+    return tuple(plan)
+
+
+def _materialize(plan: _Described, view: memoryview, offset: int) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, datatype, shape, size in plan:
+        out[name] = from_wire_bytes(view[offset : offset + size], datatype, shape)
+        offset += size
+    return out
+
+
+def _no_id(doc: Any) -> bool:
+    return isinstance(doc, dict) and "id" not in doc
