@@ -26,7 +26,7 @@ DISTRIBUTIONS = {
     "cbor2": "cbor2",
     "cryptography": "cryptography",
     "dcap_qvl": "dcap-qvl",
-    "h11": "h11",
+    "httptools": "httptools",
     "tomli_w": "tomli-w",
     "typer": "typer",
     "rich": "rich",

@@ -1,9 +1,10 @@
 """A lean HTTP/1.1 keep-alive transport for the SDK's hot path.
 
-Measured on this kind of machine (2 vCPU): httpx cost ~0.45 ms per request and http.client
-~0.12 ms, more than TLS and the server's own work. Here h11 (a maintained, sans-I/O HTTP/1.1
-state machine) does all the message framing, and this module only moves bytes over a pool of
-kept-alive sockets.
+Measured on this kind of machine (2 vCPU): httpx cost ~0.45 ms per request, http.client
+~0.12 ms and h11 ~0.045 ms (0.25 ms right after a long wait, caches cold), more than TLS and the
+server's own work. Replies are parsed by httptools (the llhttp C parser, as in uvicorn: 2.5 us
+per reply); a request head is validated once (RFC 9110 field syntax: no request splitting) and
+reused, and this module moves bytes over a pool of kept-alive sockets.
 
 Which server a socket talks to is decided per connection, before any request byte: with a
 ``VerifiedCertificates`` set, every new connection's peer certificate must be in it; one that is
@@ -15,9 +16,12 @@ a refusing replica is retried on a fresh connection a bounded number of times
 A connection lost mid-flight (reset, EOF before a full reply) is retried once on another
 connection for a request the caller marks idempotent.
 
-What is refused, on top of what h11 refuses (RFC 9112 framing):
+What is refused, on top of what llhttp refuses (RFC 9112 framing: malformed or repeated
+Content-Length, bad chunk sizes, obsolete line folding, control characters in fields):
 - a reply body larger than the caller's cap: a Content-Length over it before any body byte is
   read, a chunked or close-delimited body as soon as what arrived passes it;
+- a reply head over 64 KiB, a version other than HTTP/1.0 or 1.1, a transfer coding other than
+  chunked alone (nothing here decodes gzip);
 - a reply with both Transfer-Encoding and Content-Length (RFC 9112 section 6.3, rule 3: a sign
   of response splitting that "ought to be handled as an error");
 - reuse of a connection after any error, after a reply that is followed by bytes nobody asked
@@ -37,10 +41,9 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 
 from blindinfer._client.tls import VerifiedCertificates
 from blindinfer.errors import AttestationError, BindingError, BlindInferError, ConnectError
@@ -57,8 +60,15 @@ class _Lost(ConnectionError):
 
 
 class _Refused(Exception):
-    """A reply that h11 accepts but this client does not (size cap, ambiguous framing)."""
+    """A reply this client does not take (size cap, ambiguous framing, malformed bytes)."""
 
+
+class _BodyLength(Exception):
+    """A streamed request body whose length is not the Content-Length it declared."""
+
+
+# A request that failed for good: the connection is closed and the error reported.
+_FAILED = (OSError, httptools.HttpParserError, _Refused, _BodyLength)
 
 # Errors that mean a kept-alive connection was closed by the server while idle: the request
 # never reached it, so sending it again on a fresh connection is safe.
@@ -79,13 +89,28 @@ _MAX_BODY = 1 << 34  # no reply of ours comes near it; a bound on a lying Conten
 # 256 KiB bytes object per read (past glibc's mmap threshold: page faults every time), which
 # cost 0.5-0.9 ms per ResNet-18 call here. A TLS read returns at most one 16 KiB record anyway.
 _RECV = 65536
-# h11 refuses a 101 to a request that proposed no upgrade without naming the status; the start
-# of the reply lets it be reported as the unexpected status it is (as any other 1xx is).
-_SWITCHING = re.compile(rb"HTTP/1\.[01] 101(?:[ \r]|$)")
-_END = h11.EndOfMessage()  # immutable: one instance serves every request
-# h11 validates every header of every Request it is given (~8 us); an SDK sends the same few
-# request heads over and over (same model, same body size), so validated events are reused.
+# Request heads are validated and serialised once and reused: an SDK sends the same few heads
+# over and over (same model, same body size).
 _REQUEST_CACHE_SIZE = 256
+_SMALL_BODY = 65536  # a body below this goes out with its head in one write (one TLS record)
+# RFC 9110 section 5.1 (field-name = token), 5.5 (field-value; obs-text allowed, no CR, LF or
+# NUL, no leading or trailing whitespace), section 9.1 (method = token); request-target: visible
+# ASCII only (RFC 9112 section 3.2), so nothing can end the request line early.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VALUE = re.compile(
+    rb"(?:[\x21-\x7e\x80-\xff](?:[ \t\x21-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?\Z"
+)
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")
+
+
+@dataclass(frozen=True)
+class _Head:
+    """A validated request head: what goes on the wire and the body length it declares."""
+
+    method: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    data: bytes
+    length: int | None  # the declared Content-Length
 
 
 @dataclass(frozen=True)
@@ -96,31 +121,144 @@ class Reply:
     peer_certificate: bytes | None = None
 
 
-def _octets(chunk: bytes | bytearray | memoryview) -> bytes:
-    """A body piece as bytes or a flat byte view, so h11 counts octets, not array items.
-
-    Typed as bytes for h11's annotations: it only takes len() of a Data payload and hands the
-    very object back to be written, so any flat buffer works and big tensors are not copied."""
+def _octets(chunk: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """A body piece as bytes or a flat byte view, so that len() counts octets, not array items;
+    big tensors are sent from their own memory, not copied."""
     if isinstance(chunk, bytes):
         return chunk
     view = memoryview(chunk)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
-    return cast(bytes, view)
+    return view
+
+
+class _Parse:
+    """httptools callbacks for one reply: status, headers and body, checked as they come."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "done",
+        "extra",
+        "fields",
+        "head_only",
+        "headers",
+        "in_body",
+        "keep_alive",
+        "length",
+        "limit",
+        "parser",
+        "size",
+        "status",
+    )
+
+    def __init__(self, limit: int, head_only: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.limit = limit
+        self.head_only = head_only  # a reply to HEAD: no body, whatever it declares
+        self.status = 0
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.length: int | None = None
+        self.chunked = False
+        self.in_body = False
+        self.done = False
+        self.extra = False  # bytes past the end of the reply: never reuse the connection
+        self.keep_alive = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True  # a second reply to one request
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.done:
+            self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        parser = self.parser
+        self.status = parser.get_status_code()
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            raise _Refused(f"unsupported HTTP version {version}")
+        self.headers = headers = _header_dict(self.fields)
+        _check_framing(self.head_only, self.status, headers, self.limit)
+        self.chunked = "transfer-encoding" in headers
+        declared = headers.get("content-length")
+        self.length = int(declared) if declared is not None else None
+        self.keep_alive = version == "1.1" and parser.should_keep_alive()
+        if self.head_only or 100 <= self.status < 200:
+            # A 1xx is handed up as the reply (the caller refuses it); what follows it, and
+            # anything after a HEAD reply's head, is never read as this reply.
+            self.done = True
+            self.keep_alive = self.keep_alive and not 100 <= self.status < 200
+        else:
+            self.in_body = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.extra = True
+            return
+        self.size += len(body)
+        if self.size > self.limit:
+            raise _Refused(f"response body over {self.limit} bytes")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.done:
+            self.extra = True
+            return
+        self.done = True
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserUpgrade:
+            if not self.done:  # a 101 whose head is complete is handed up (never reused)
+                raise _Refused("the reply ended in a protocol upgrade") from None
+            self.extra = True
+        except httptools.HttpParserError:
+            if not self.done:
+                raise
+            self.extra = True  # garbage after a complete reply: the reply stands, the socket goes
+
+    def at_eof(self) -> None:
+        """The peer closed the connection: the end of a close-delimited body, else a cut."""
+        if self.done:
+            return
+        if self.in_body and not self.chunked and self.length is None:
+            self.done = True
+            self.keep_alive = False
+            return
+        if not self.in_body:
+            raise _Lost("connection closed before a full reply: in the middle of the head")
+        if self.chunked:
+            raise _Lost("connection closed before a full reply: incomplete chunked body")
+        raise _Lost(
+            "connection closed before a full reply: the peer closed the connection without "
+            f"sending the complete message body ({self.size} of {self.length} bytes)"
+        )
 
 
 class _Conn:
-    """One kept-alive HTTP/1.1 connection over a pinned TLS socket, framed by h11."""
+    """One kept-alive HTTP/1.1 connection over a pinned TLS socket."""
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
-        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER)
         self._buf = bytearray(_RECV)
         self._view = memoryview(self._buf)
 
     def _recv(self) -> memoryview:
-        """The next bytes of the reply (empty at EOF), valid until the next read: h11 copies
-        what it is given."""
+        """The next bytes of the reply (empty at EOF), valid until the next read: the parser
+        copies what it keeps."""
         return self._view[: self.sock.recv_into(self._buf)]
 
     def close(self) -> None:
@@ -159,98 +297,106 @@ class _Conn:
                 self.sock.settimeout(timeout)
         return False
 
-    def send(self, request: h11.Request, body: bytes | Iterable[bytes] | None) -> None:
-        http = self.http
-        if http.our_state is h11.DONE and http.their_state is h11.DONE:
-            http.start_next_cycle()
-        head = http.send(request) or b""
+    def send(self, request: _Head, body: bytes | Iterable[bytes] | None) -> None:
         if body is None or isinstance(body, bytes | bytearray | memoryview):
-            # Head and a small body in one write: one TLS record, one segment with TCP_NODELAY.
-            data = http.send(h11.Data(data=_octets(body))) if body else b""
-            end = http.send(_END) or b""
-            self.sock.sendall(b"".join((head, data or b"", end)))
+            data = _octets(body) if body else b""
+            _check_length(request, len(data), final=True)
+            if len(data) < _SMALL_BODY:
+                # Head and a small body in one write: one TLS record, one segment (TCP_NODELAY).
+                self.sock.sendall(request.data + data)
+                return
+            self.sock.sendall(request.data)
+            self.sock.sendall(data)
             return
-        self.sock.sendall(head)
+        self.sock.sendall(request.data)
+        sent = 0
         for chunk in body:
-            # h11 checks the streamed octets against the declared Content-Length (RFC 9112
-            # section 6.2) and passes our own buffers through, so big tensors are not copied.
-            for piece in http.send_with_data_passthrough(h11.Data(data=_octets(chunk))) or ():
-                self.sock.sendall(piece)
-        end = http.send(_END)
-        if end:
-            self.sock.sendall(end)
+            # Streamed octets are checked against the declared Content-Length (RFC 9112
+            # section 6.2) before they leave; our own buffers are sent, big tensors not copied.
+            piece = _octets(chunk)
+            sent += len(piece)
+            _check_length(request, sent, final=False)
+            self.sock.sendall(piece)
+        _check_length(request, sent, final=True)
 
     def receive(self, method: bytes, limit: int) -> tuple[int, dict[str, str], bytes, bool]:
         """The reply to the request just sent: status, headers, body, and whether the
         connection may go back to the pool."""
-        http = self.http
-        # Nothing of the reply can be buffered yet (a pooled connection had none): read first,
-        # sparing h11 a round that can only ask for data.
-        first = self._recv()
-        start = first[:32].tobytes()  # enough of the reply to name a refused 101
-        if not first:
+        reply = _Parse(limit, method == b"HEAD")
+        # Nothing of the reply can be buffered yet (a pooled connection had none).
+        data = self._recv()
+        if not data:
             raise _Closed("the server closed the connection")
-        http.receive_data(cast(bytes, first))  # h11 copies it (typed bytes, takes any buffer)
-        status = 0
-        headers: dict[str, str] = {}
-        parts: list[bytes | bytearray] = []
-        size = 0
-        eof = False
+        head = 0
         while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                if eof:  # h11 ends a close-delimited body at EOF; any other reply is cut short
-                    raise _Lost(f"connection closed before a full reply: {exc}") from exc
-                # ``start`` (the first read) holds the status line of a refused 101.
-                if not status and _SWITCHING.match(start):
-                    return 101, {}, b"", False
-                raise
-            kind = type(event)
-            if kind is h11.Data:
-                size += len(event.data)  # type: ignore[union-attr]
-                if size > limit:
-                    raise _Refused(f"response body over {limit} bytes")
-                parts.append(event.data)  # type: ignore[union-attr]
-            elif kind is h11.EndOfMessage:
+            reply.feed(data)
+            if reply.done:
                 break
-            elif event is h11.NEED_DATA:
-                more = self._recv()
-                eof = not more
-                http.receive_data(cast(bytes, more))  # empty at EOF: h11 marks the close
-            elif isinstance(event, h11.InformationalResponse):
-                # A 1xx to a request that asked for none: handed up as the reply (the caller
-                # refuses it); the final reply that may follow is never read, so never reuse.
-                return event.status_code, _header_dict(event.headers), b"", False
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                headers = _header_dict(event.headers)
-                _check_framing(method, status, headers, limit)
-            else:  # ConnectionClosed or PAUSED cannot come before EndOfMessage
-                raise _Refused(f"unexpected {event!r} in the reply")
-        reusable = (
-            http.our_state is h11.DONE
-            and http.their_state is h11.DONE
-            # RFC 9112 section 9.3.2: replies come in request order, one per request; we
-            # sent one request, so anything past this reply is not an answer to anything.
-            and not http.trailing_data[0]
-        )
-        return status, headers, b"".join(parts), reusable
+            if not reply.in_body:
+                head += len(data)
+                if head > _MAX_HEADER:
+                    raise _Refused(f"response head over {_MAX_HEADER} bytes")
+            data = self._recv()
+            if not data:
+                reply.at_eof()
+                break
+        if reply.status == 101:
+            return 101, {}, b"", False
+        # RFC 9112 section 9.3.2: replies come in request order, one per request; we sent one
+        # request, so anything past this reply is not an answer to anything.
+        reusable = reply.keep_alive and not reply.extra
+        body = reply.body[0] if len(reply.body) == 1 else b"".join(reply.body)
+        return reply.status, reply.headers, body, reusable
+
+
+def _head(method: str, path: str, fields: Iterable[tuple[str, str]]) -> _Head:
+    """A request head, refused (ValueError) when any piece could end a line or a field early:
+    a CR, LF or NUL, or whitespace in the target, smuggles a second request or header."""
+    verb, target = method.encode("ascii"), path.encode("latin-1")
+    if not _TOKEN.match(verb) or not _TARGET.match(target):
+        raise ValueError("the method must be a token and the target visible ASCII")
+    headers = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in fields)
+    length: int | None = None
+    for name, value in headers:
+        if not _TOKEN.match(name) or not _VALUE.match(value):
+            raise ValueError(f"illegal header {name[:50]!r}")
+        if name.lower() == b"content-length":
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise ValueError("content-length must be one decimal number")
+            length = int(value)
+    lines = [verb, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    lines.append(b"\r\n")
+    return _Head(verb, headers, b"".join(lines), length)
+
+
+def _check_length(request: _Head, sent: int, final: bool) -> None:
+    if request.length is None:
+        return
+    if sent > request.length:
+        raise _BodyLength("Too much data for declared Content-Length")
+    if final and sent < request.length:
+        raise _BodyLength("Too little data for declared Content-Length")
 
 
 def _header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    # h11 gives names lower-cased and Content-Length duplicates already merged or refused.
-    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    # Names lower-cased; llhttp has refused a repeated Content-Length (RFC 9110 section 8.6
+    # lets a recipient reject it) and any control character in a field.
+    return {name.decode("latin-1").lower(): value.decode("latin-1").strip() for name, value in raw}
 
 
-def _check_framing(method: bytes, status: int, headers: Mapping[str, str], limit: int) -> None:
-    if "transfer-encoding" in headers and "content-length" in headers:
+def _check_framing(head_only: bool, status: int, headers: Mapping[str, str], limit: int) -> None:
+    coding = headers.get("transfer-encoding")
+    if coding is not None and "content-length" in headers:
         raise _Refused("response has both Transfer-Encoding and Content-Length")
-    # RFC 9112 section 6.3, rule 1: no body follows a HEAD, 204 or 304, whatever it declares.
-    if method == b"HEAD" or status in (204, 304):
+    if coding is not None and coding.lower() != "chunked":
+        raise _Refused(f"unsupported transfer coding {coding[:50]!r} (only chunked is read)")
+    # RFC 9112 section 6.3, rule 1: no body follows a HEAD, 1xx, 204 or 304, whatever it says.
+    if head_only or status < 200 or status in (204, 304):
         return
     declared = headers.get("content-length")
-    # h11 has checked it is 1 to 20 digits (RFC 9110 section 8.6: no sign, no spaces).
+    # llhttp has checked it is digits only (RFC 9110 section 8.6: no sign, no spaces).
     if declared is not None and int(declared) > limit:
         raise _Refused(f"response body of {int(declared)} bytes is over {limit}")
 
@@ -285,8 +431,7 @@ class Transport:
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._requests: dict[tuple[str, str, tuple[tuple[str, str], ...], int | None], h11.Request]
-        self._requests = {}
+        self._requests: dict[tuple[str, str, tuple[tuple[str, str], ...], int | None], _Head] = {}
         self._verified = verified
         self._attestor = attestor
         self._attest_attempts = max(1, attest_attempts)
@@ -339,7 +484,7 @@ class Transport:
             status, headers, data, reusable = conn.receive(event.method, max_body)
         except _LOST as exc:
             raise ConnectError(f"{self.base_url} closed the connection: {exc}") from exc
-        except (OSError, h11.ProtocolError, _Refused) as exc:
+        except _FAILED as exc:
             raise BlindInferError(f"attestation request to {self.base_url} failed: {exc}") from exc
         if not reusable:
             raise ConnectError(f"{self.base_url} closed the connection after attestation")
@@ -389,7 +534,7 @@ class Transport:
 
     def _request_event(
         self, method: str, path: str, body: object, headers: Mapping[str, str] | None
-    ) -> h11.Request:
+    ) -> _Head:
         size = memoryview(body).nbytes if isinstance(body, bytes | bytearray | memoryview) else None
         key = (method, path, tuple((headers or {}).items()), size)
         event = self._requests.get(key)
@@ -402,7 +547,7 @@ class Transport:
 
     def _build_request(
         self, method: str, path: str, body: object, headers: Mapping[str, str] | None
-    ) -> h11.Request:
+    ) -> _Head:
         fields = [("host", self._host_header)]
         given = {k.lower() for k in headers or {}}
         fields += list((headers or {}).items())
@@ -414,13 +559,8 @@ class Transport:
             elif method in ("POST", "PUT"):
                 fields.append(("content-length", "0"))
         try:
-            # h11 refuses a CR, LF or NUL in the target or a header (no request splitting).
-            return h11.Request(
-                method=method.encode("ascii"),
-                target=path.encode("latin-1"),
-                headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields],
-            )
-        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            return _head(method, path, fields)
+        except (ValueError, UnicodeEncodeError) as exc:
             raise ValueError(f"invalid request {method} {path[:100]!r}: {exc}") from exc
 
     def request(
@@ -463,7 +603,7 @@ class Transport:
                     log.info("%s lost a connection mid-request (%s): retrying", self.base_url, exc)
                     continue
                 raise BlindInferError(f"{self.base_url} closed the connection: {exc}") from exc
-            except (OSError, h11.ProtocolError, _Refused) as exc:
+            except _FAILED as exc:
                 conn.close()
                 raise BlindInferError(f"request to {self.base_url}{path} failed: {exc}") from exc
             peer = conn.sock.getpeercert(True) if peer_certificate else None
