@@ -351,6 +351,39 @@ def test_a_head_arriving_in_pieces_is_read_whole(serve: list[Scripted]) -> None:
     transport.close()
 
 
+BIG = bytes(range(256)) * 400  # 100 KiB: read straight into its buffer past the first bytes
+
+
+def test_a_long_body_is_read_whole_into_one_buffer(serve: list[Scripted]) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BIG)
+    server = scripted(serve, Late(head + BIG[:1000], BIG[1000:], 0.05), OK)
+    transport = server.transport()
+    assert transport.request("GET", "/").body == BIG
+    assert transport.request("GET", "/").body == b"ok"
+    assert server.connections == 1
+    transport.close()
+
+
+def test_a_long_body_cut_short_is_refused(serve: list[Scripted]) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BIG)
+    server = scripted(serve, Late(head + BIG[:1000], BIG[1000:-1], 0.05, close=True), OK)
+    assert "complete message body (102399 of 102400 bytes)" in refused(server)
+
+
+def test_bytes_after_a_long_body_drop_the_connection(serve: list[Scripted]) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(BIG)
+    forged = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil"
+    server = scripted(
+        serve, head + BIG + forged, b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood"
+    )
+    transport = server.transport()
+    assert transport.request("GET", "/1").body == BIG
+    time.sleep(0.05)  # let the forged bytes reach the client's socket
+    assert transport.request("GET", "/2").body == b"good"
+    assert server.connections == 2
+    transport.close()
+
+
 # --- what a reply leaves behind ---------------------------------------------------------------
 
 

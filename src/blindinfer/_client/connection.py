@@ -124,7 +124,7 @@ def fetch_evidence(base_url: str, nonce: bytes | None, timeout: float) -> tuple[
     return _parse_evidence(reply.body), reply.peer_certificate
 
 
-def _parse_evidence(body: bytes) -> Evidence:
+def _parse_evidence(body: bytes | bytearray) -> Evidence:
     try:
         doc = json.loads(body)
     except ValueError:

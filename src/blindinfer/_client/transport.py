@@ -93,6 +93,9 @@ _RECV = 65536
 # over and over (same model, same body size).
 _REQUEST_CACHE_SIZE = 256
 _SMALL_BODY = 65536  # a body below this goes out with its head in one write (one TLS record)
+# A reply body with at least this much still to come is read into one buffer, not record by
+# record through the parser and joined (a BERT-sized 128 KiB output: 8 records, 2 copies less).
+_DIRECT_BODY = 32768
 # RFC 9110 section 5.1 (field-name = token), 5.5 (field-value; obs-text allowed, no CR, LF or
 # NUL, no leading or trailing whitespace), section 9.1 (method = token); request-target: visible
 # ASCII only (RFC 9112 section 3.2), so nothing can end the request line early.
@@ -117,7 +120,7 @@ class _Head:
 class Reply:
     status: int
     headers: Mapping[str, str]  # lower-case names
-    body: bytes
+    body: bytes | bytearray  # a bytearray when read straight into its buffer
     peer_certificate: bytes | None = None
 
 
@@ -213,6 +216,9 @@ class _Parse:
             return
         self.done = True
         self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+
+    def joined(self) -> bytes:
+        return self.body[0] if len(self.body) == 1 else b"".join(self.body)
 
     def feed(self, data: bytes | memoryview) -> None:
         try:
@@ -319,7 +325,9 @@ class _Conn:
             self.sock.sendall(piece)
         _check_length(request, sent, final=True)
 
-    def receive(self, method: bytes, limit: int) -> tuple[int, dict[str, str], bytes, bool]:
+    def receive(
+        self, method: bytes, limit: int
+    ) -> tuple[int, dict[str, str], bytes | bytearray, bool]:
         """The reply to the request just sent: status, headers, body, and whether the
         connection may go back to the pool."""
         reply = _Parse(limit, method == b"HEAD")
@@ -336,6 +344,12 @@ class _Conn:
                 head += len(data)
                 if head > _MAX_HEADER:
                     raise _Refused(f"response head over {_MAX_HEADER} bytes")
+            elif reply.length is not None and reply.length - reply.size >= _DIRECT_BODY:
+                # The rest of a long Content-Length body goes straight into its final buffer:
+                # exactly the declared bytes are read, nothing past them (a later byte is
+                # caught by the idle check before the connection is used again).
+                body = self._read_body(reply)
+                return reply.status, reply.headers, body, reply.keep_alive and not reply.extra
             data = self._recv()
             if not data:
                 reply.at_eof()
@@ -345,8 +359,23 @@ class _Conn:
         # RFC 9112 section 9.3.2: replies come in request order, one per request; we sent one
         # request, so anything past this reply is not an answer to anything.
         reusable = reply.keep_alive and not reply.extra
-        body = reply.body[0] if len(reply.body) == 1 else b"".join(reply.body)
-        return reply.status, reply.headers, body, reusable
+        return reply.status, reply.headers, reply.joined(), reusable
+
+    def _read_body(self, reply: _Parse) -> bytearray:
+        assert reply.length is not None
+        target = bytearray(reply.length)
+        view = memoryview(target)
+        pos = 0
+        for part in reply.body:
+            view[pos : pos + len(part)] = part
+            pos += len(part)
+        while pos < reply.length:
+            got = self.sock.recv_into(view[pos:])
+            if not got:
+                reply.size = pos
+                reply.at_eof()  # raises: the body was cut short
+            pos += got
+        return target
 
 
 def _head(method: str, path: str, fields: Iterable[tuple[str, str]]) -> _Head:

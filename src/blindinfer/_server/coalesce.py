@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+# Below this a body is joined with its head into one TLS record; above, the copy costs more.
+_JOIN_BELOW = 16384
+
 
 class CoalescingTransport:
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -21,7 +24,12 @@ class CoalescingTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._held is not None:
             held, self._held = self._held, None
-            self._transport.write(held + bytes(data))
+            if len(data) < _JOIN_BELOW:
+                self._transport.write(held + bytes(data))
+            else:
+                # A big body is not copied just to be joined: the TLS transport encrypts both
+                # pieces into its outgoing buffer and sends them in one socket write.
+                self._transport.writelines((held, data))
             return
         if bytes(data[:5]) == b"HTTP/" and bytes(data[-4:]) == b"\r\n\r\n":
             self._held = bytes(data)

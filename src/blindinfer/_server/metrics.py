@@ -145,6 +145,7 @@ class Metrics:
         """Wrap an ASGI app: status, latency and bytes per request, by route class."""
         latency, requests, nbytes = self.latency, self.requests, self.bytes
         received, sent = nbytes.labels(api, "in"), nbytes.labels(api, "out")
+        children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
         async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
@@ -173,8 +174,18 @@ class Metrics:
             finally:
                 route = route_of(scope)
                 code = status[0]
-                requests.labels(api, route, f"{code // 100}xx" if code else "none").inc()
-                latency.labels(api, route).observe(time.perf_counter() - start)
+                key = (route, code // 100)
+                pair = children.get(key)
+                if pair is None:
+                    # labels() validates and locks on every call (~2 us): the few (route,
+                    # status class) pairs keep their series, looked up once.
+                    label = f"{code // 100}xx" if code else "none"
+                    pair = children[key] = (
+                        requests.labels(api, route, label),
+                        latency.labels(api, route),
+                    )
+                pair[0].inc()
+                pair[1].observe(time.perf_counter() - start)
 
         return wrapper
 

@@ -577,13 +577,15 @@ def _request_header(
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
+def parse_infer_response(
+    body: bytes | bytearray, header_length: int | None
+) -> dict[str, np.ndarray]:
     """Outputs by name from a JSON or binary response (zero-copy for binary tensors)."""
     return parse_infer_response_parameters(body, header_length)[0]
 
 
 def parse_infer_response_parameters(
-    body: bytes, header_length: int | None
+    body: bytes | bytearray, header_length: int | None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Outputs by name and the response's own ``parameters`` (empty when it has none)."""
     split = header_length if header_length is not None else len(body)
