@@ -104,6 +104,12 @@ def to_named_arrays(
     """Accepts: one array/tensor; a list of arrays/tensors (model input order); a dict
     name -> array/list; a flat or nested list (one input) with optional ``dtype``/``shape``;
     a list of flat lists (one per input) with per-input ``dtype``/``shape`` lists."""
+    if dtype is None and shape is None:
+        # The common call: numpy arrays as they are (what _as_array returns for them too).
+        if type(inputs) is np.ndarray and len(input_specs) == 1:
+            return {str(input_specs[0]["name"]): inputs}
+        if type(inputs) is dict and all(type(v) is np.ndarray for v in inputs.values()):
+            return {str(k): v for k, v in inputs.items()}
     names = [str(s["name"]) for s in input_specs]
     specs = {str(s["name"]): s for s in input_specs}
     if isinstance(inputs, Mapping):

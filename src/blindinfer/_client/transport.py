@@ -260,6 +260,10 @@ class _Conn:
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
         self._buf = bytearray(_RECV)
+        self._poller: select.poll | None = None  # registered once, asked before each reuse
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
         self._view = memoryview(self._buf)
 
     def _recv(self) -> memoryview:
@@ -278,10 +282,8 @@ class _Conn:
         if self.sock.pending():
             return False
         try:
-            if hasattr(select, "poll"):
-                poller = select.poll()
-                poller.register(self.sock, select.POLLIN)
-                readable = bool(poller.poll(0))
+            if self._poller is not None:
+                readable = bool(self._poller.poll(0))
             else:  # pragma: no cover - platforms without poll()
                 readable = bool(select.select([self.sock], [], [], 0)[0])
         except (OSError, ValueError):
