@@ -5,7 +5,9 @@ Two measurements, no blindinfer code involved:
 - a TLS round trip on loopback (a uvloop/asyncio TLS server answering a 4 KB reply to a
   600 KB request, a blocking client), back to back and after the client slept ``--idle-ms``;
 - an event loop -> worker thread -> event loop hop (``run_in_executor``) around a no-op and
-  around ``--idle-ms`` of numpy work on the worker (the loop's thread idles meanwhile).
+  around ``--idle-ms`` of numpy work on the worker (the loop's thread idles meanwhile);
+- the floor under a ResNet-18-sized call: a 600 KB TLS request to a server in another process
+  that computes ``--idle-ms`` before a 4 KB answer, minus that compute (no HTTP at all).
 
     .venv/bin/python -m bench.wakeup [--idle-ms 19] [--n 300]
 
@@ -19,7 +21,9 @@ import asyncio
 import os
 import socket
 import ssl
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -148,7 +152,82 @@ def thread_hop(idle_s: float, n: int) -> tuple[float, float]:
     return asyncio.run(main())
 
 
+def _floor_server(tmp: Path, work_ms: float, port_file: Path) -> None:
+    """Child process: a uvloop TLS server that computes ``work_ms`` (one thread) per request,
+    then answers 4 KB whose first 8 bytes are the compute time it measured (ns)."""
+    import uvloop
+
+    server_ctx, _ = _contexts(tmp)
+    a = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+    start = time.perf_counter()
+    for _ in range(50):
+        a @ a
+    reps = max(1, int(work_ms / 1e3 / ((time.perf_counter() - start) / 50)))
+
+    class Compute(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.got = 0
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got >= REQUEST:
+                self.got -= REQUEST
+                t = time.perf_counter_ns()
+                for _ in range(reps):
+                    a @ a
+                took = time.perf_counter_ns() - t
+                self.transport.write(struct.pack("<q", took) + REPLY[8:])  # type: ignore[attr-defined]
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Compute, "127.0.0.1", 0, ssl=server_ctx)
+        port_file.write_text(str(server.sockets[0].getsockname()[1]))
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
+
+
+def tls_floor(work_ms: float, n: int) -> float:
+    """The least a request can cost on top of its run here: a blocking TLS client sends 600 KB
+    to a server in another process that computes ``work_ms`` and answers 4 KB (no HTTP, no
+    parsing); p50 of round trip minus the server's own compute time, in ms."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.wakeup", "--floor-server", tmp, str(work_ms)],
+            env=env,
+        )
+        try:
+            while not port_file.exists() or not port_file.read_text():
+                time.sleep(0.05)
+            _, client_ctx = _contexts(Path(tmp))
+            raw = socket.create_connection(("127.0.0.1", int(port_file.read_text())))
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = client_ctx.wrap_socket(raw)
+            payload, buf = os.urandom(REQUEST), bytearray(65536)
+            extra = []
+            for i in range(n + 20):
+                start = time.perf_counter_ns()
+                sock.sendall(payload)
+                got = b""
+                while len(got) < len(REPLY):
+                    got += buf[: sock.recv_into(buf)]
+                total = time.perf_counter_ns() - start
+                if i >= 20:  # warm-up
+                    extra.append(total - struct.unpack("<q", got[:8])[0])
+            sock.close()
+        finally:
+            child.kill()
+            child.wait()
+    return float(np.median(extra)) / 1e6
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--floor-server":
+        _floor_server(Path(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[2]) / "port")
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--idle-ms", type=float, default=19.0, help="idle time before a call")
     ap.add_argument("--n", type=int, default=300, help="calls per measurement")
@@ -160,6 +239,9 @@ def main() -> None:
     noop, busy = thread_hop(idle, min(args.n, 200))
     print(f"loop -> worker -> loop hop: {noop:.3f} ms around a no-op, {busy:.3f} ms around "
           f"{args.idle_ms:g} ms of work")  # fmt: skip
+    floor = tls_floor(args.idle_ms, min(args.n, 200))
+    print(f"floor: 600 KB TLS request to another process computing {args.idle_ms:g} ms, 4 KB "
+          f"reply: {floor:.3f} ms on top of the compute (p50)")  # fmt: skip
 
 
 if __name__ == "__main__":
