@@ -46,7 +46,10 @@ class _Echo(asyncio.Protocol):
         self.got += len(data)
         if self.got >= REQUEST:
             self.got -= REQUEST
-            self.transport.write(REPLY)  # type: ignore[attr-defined]
+            self.transport.write(self.answer())  # type: ignore[attr-defined]
+
+    def answer(self) -> bytes:
+        return REPLY
 
 
 def _contexts(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -164,20 +167,12 @@ def _floor_server(tmp: Path, work_ms: float, port_file: Path) -> None:
         a @ a
     reps = max(1, int(work_ms / 1e3 / ((time.perf_counter() - start) / 50)))
 
-    class Compute(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-            self.got = 0
-
-        def data_received(self, data: bytes) -> None:
-            self.got += len(data)
-            if self.got >= REQUEST:
-                self.got -= REQUEST
-                t = time.perf_counter_ns()
-                for _ in range(reps):
-                    a @ a
-                took = time.perf_counter_ns() - t
-                self.transport.write(struct.pack("<q", took) + REPLY[8:])  # type: ignore[attr-defined]
+    class Compute(_Echo):
+        def answer(self) -> bytes:
+            t = time.perf_counter_ns()
+            for _ in range(reps):
+                a @ a
+            return struct.pack("<q", time.perf_counter_ns() - t) + REPLY[8:]
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -507,11 +507,9 @@ def _described(arrays: Mapping[str, np.ndarray], blobs: Sequence[bytes | memoryv
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _response_header(model_name: str, described: _Described) -> bytes:
-    """The JSON header of an all-binary response: the same for every run of a model whose
-    output shapes do not change, so it is written once (bounded cache)."""
-    descs = [
+def _binary_descs(described: _Described) -> list[dict[str, Any]]:
+    """OIP tensor descriptions of tensors that travel as binary data."""
+    return [
         {
             "name": name,
             "datatype": datatype,
@@ -520,6 +518,13 @@ def _response_header(model_name: str, described: _Described) -> bytes:
         }
         for name, datatype, shape, size in described
     ]
+
+
+@functools.lru_cache(maxsize=256)
+def _response_header(model_name: str, described: _Described) -> bytes:
+    """The JSON header of an all-binary response: the same for every run of a model whose
+    output shapes do not change, so it is written once (bounded cache)."""
+    descs = _binary_descs(described)
     doc = {"model_name": model_name, "model_version": "1", "outputs": descs}
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -559,15 +564,7 @@ def _request_header(
 ) -> bytes:
     """A request's JSON header: the same for every call with the same names, types, shapes
     and parameters, so it is written once (bounded cache)."""
-    descs = [
-        {
-            "name": name,
-            "datatype": datatype,
-            "shape": list(shape),
-            "parameters": {"binary_data_size": size},
-        }
-        for name, datatype, shape, size in described
-    ]
+    descs = _binary_descs(described)
     doc: dict[str, Any] = {
         "inputs": descs,
         "parameters": {**dict(parameters), "binary_data_output": True},
