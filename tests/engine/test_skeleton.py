@@ -14,6 +14,7 @@ import pytest
 from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto, helper, numpy_helper
 
+from blindinfer._engine.registry import _ortvalue
 from blindinfer._engine.skeleton import IN_MEMORY, MAX_DEPTH, MIN_IN_MEMORY, Split, split
 from blindinfer._engine.validate import check_no_external_data, parse_model
 from blindinfer._server.buffers import WritableBytes
@@ -181,8 +182,7 @@ def _load_split(data: bytes) -> ort.InferenceSession:
     parts = split(data)
     opts = ort.SessionOptions()
     opts.add_external_initializers(
-        [e.name for e in parts.externals],
-        [ort.OrtValue.ortvalue_from_numpy(e.array(data)) for e in parts.externals],
+        [e.name for e in parts.externals], [_ortvalue(e, data) for e in parts.externals]
     )
     return ort.InferenceSession(parts.loadable, opts, providers=["CPUExecutionProvider"])
 
@@ -224,6 +224,38 @@ def test_every_numpy_element_type_loads_from_the_upload(dtype: type) -> None:
     assert len(parts.externals) == 1 and parts.externals[0].dtype == np.dtype(dtype)
     (out,) = _load_split(data).run(None, {})
     assert np.array_equal(out, values)
+
+
+BITS_TYPES = [TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ]
+BITS_TYPES += [TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ]
+
+
+@pytest.mark.parametrize("onnx_type", BITS_TYPES, ids=TensorProto.DataType.Name)
+def test_types_numpy_lacks_load_from_the_upload_as_their_bits(onnx_type: int) -> None:
+    """bfloat16 and the float8 types are handed over as unsigned integers of their width,
+    tagged with their ONNX type; they run as the inline model does, from their own copy."""
+    width = np.uint16 if onnx_type == TensorProto.BFLOAT16 else np.uint8
+    count = MIN_IN_MEMORY
+    bits = np.random.default_rng(5).integers(0, 0x70, count).astype(width)  # finite values
+    weight = helper.make_tensor("w", onnx_type, [count], bits.tobytes(), raw=True)
+    weight.doc_string = "odd"  # an unaligned offset in the upload
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [count])],
+        [weight],
+    )
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString()
+    (external,) = split(data).externals
+    assert (external.onnx_type, external.dtype) == (onnx_type, np.dtype(width))
+    (want,) = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {})
+    upload = WritableBytes(len(data))
+    upload.view[:] = data
+    session = _load_split(upload.data)
+    upload.view[:] = b"\x00" * len(data)
+    (got,) = session.run(None, {})
+    assert np.array_equal(got, want, equal_nan=True)
 
 
 def test_onnxruntime_copies_the_weights_so_the_upload_can_be_freed() -> None:
@@ -268,10 +300,10 @@ def test_only_plain_big_payloads_are_handed_over() -> None:
     assert split(_initializer_model(wrong_size)).externals == ()
     with pytest.raises(InvalidModel, match="too small for the declared shape"):
         parse_model(_initializer_model(wrong_size))
-    bf16 = numpy_helper.from_array(big, "w")
-    bf16.data_type = TensorProto.BFLOAT16
-    bf16.dims[0] *= 2
-    assert split(_initializer_model(bf16)).externals == ()
+    packed = numpy_helper.from_array(big.view(np.uint8), "w")
+    packed.data_type = TensorProto.INT4  # two elements a byte: stays inline
+    packed.dims[0] *= 2
+    assert split(_initializer_model(packed)).externals == ()
     doubled = onnx.load_model_from_string(_initializer_model(plain))
     # raw_data given twice in one tensor (protobuf keeps the last): left as uploaded
     tensor = doubled.graph.initializer[0].SerializeToString() + bytes([9 << 3 | 2, 4]) + b"abcd"

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from blindinfer._engine import limits
+from blindinfer._engine.skeleton import External
 from blindinfer._engine.validate import Signature, parse_model, signature_of
 from blindinfer._pipelines import bundle
 from blindinfer._pipelines.base import Pipeline, PipelineLimits
@@ -117,6 +118,14 @@ def session_options(opts: EngineOptions) -> Any:
         limits.install_arena(opts.max_run_memory)
         so.add_session_config_entry("session.use_env_allocators", "1")
     return so
+
+
+def _ortvalue(external: External, data: bytes) -> Any:
+    """An OrtValue over a view of the upload (onnxruntime copies it while building)."""
+    array = external.array(data)
+    if external.onnx_type is None:
+        return ort.OrtValue.ortvalue_from_numpy(array)
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, external.onnx_type)
 
 
 # Abandoned loads still burning CPU: past this many, uploads wait for them to finish.
@@ -319,7 +328,7 @@ class ModelRegistry:
             # (release_model_bytes drops the session's own reference).
             opts.add_external_initializers(
                 [e.name for e in parts.externals],
-                [ort.OrtValue.ortvalue_from_numpy(e.array(data)) for e in parts.externals],
+                [_ortvalue(e, data) for e in parts.externals],
             )
         del parts
         try:

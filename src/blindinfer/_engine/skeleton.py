@@ -55,8 +55,8 @@ from blindinfer.errors import InvalidModel
 PAYLOAD_FIELDS = frozenset({4, 5, 6, 7, 9, 10, 11})
 _DIMS, _DATA_TYPE, _NAME, _RAW_DATA, _EXTERNAL_DATA, _DATA_LOCATION = 1, 2, 8, 9, 13, 14
 _GRAPH_IN_MODEL, _INITIALIZER_IN_GRAPH = 7, 5
-# Element types an initializer may have to be loaded from the upload: those numpy holds as is
-# (bfloat16, float8, int4 and complex stay inline).
+# Element types an initializer may have to be loaded from the upload: those numpy holds as is,
+# and (below) those handed over as their bits; int4, float4 and complex stay inline.
 _NUMPY_TYPES: dict[int, np.dtype[Any]] = {
     onnx.TensorProto.FLOAT: np.dtype(np.float32),
     onnx.TensorProto.DOUBLE: np.dtype(np.float64),
@@ -70,6 +70,16 @@ _NUMPY_TYPES: dict[int, np.dtype[Any]] = {
     onnx.TensorProto.INT64: np.dtype(np.int64),
     onnx.TensorProto.UINT64: np.dtype(np.uint64),
     onnx.TensorProto.BOOL: np.dtype(np.bool_),
+}
+# Element types numpy has no dtype for, handed over as their bits (an array of the unsigned
+# integer of the same width, tagged with the ONNX type for onnxruntime); packed sub-byte types
+# (int4, float4) stay inline.
+_BITS_TYPES: dict[int, np.dtype[Any]] = {
+    onnx.TensorProto.BFLOAT16: np.dtype(np.uint16),
+    onnx.TensorProto.FLOAT8E4M3FN: np.dtype(np.uint8),
+    onnx.TensorProto.FLOAT8E4M3FNUZ: np.dtype(np.uint8),
+    onnx.TensorProto.FLOAT8E5M2: np.dtype(np.uint8),
+    onnx.TensorProto.FLOAT8E5M2FNUZ: np.dtype(np.uint8),
 }
 # Protobuf's default recursion limit (upb and C++ alike): deeper messages are refused.
 MAX_DEPTH = 100
@@ -95,6 +105,7 @@ class External:
     shape: tuple[int, ...]
     offset: int
     length: int
+    onnx_type: int | None = None  # set when ``dtype`` only holds the bits (bfloat16, float8)
 
     def array(self, data: bytes) -> np.ndarray:
         """A read-only view of the upload (no copy)."""
@@ -186,7 +197,8 @@ class _Tensor:
 
     def external_form(self) -> External | None:
         """How onnxruntime can read this initializer from the upload, or None (kept inline)."""
-        dtype = _NUMPY_TYPES.get(self.data_type or 0)
+        onnx_type = self.data_type or 0
+        dtype = _NUMPY_TYPES.get(onnx_type) or _BITS_TYPES.get(onnx_type)
         if (
             dtype is None
             or len(self.raw) != 1
@@ -202,7 +214,10 @@ class _Tensor:
             name = self.name.decode()
         except UnicodeDecodeError:
             return None
-        return External(name, dtype, tuple(self.dims), offset, length) if name else None
+        if not name:
+            return None
+        bits = onnx_type if onnx_type in _BITS_TYPES else None
+        return External(name, dtype, tuple(self.dims), offset, length, bits)
 
 
 def _signed(value: int) -> int:
