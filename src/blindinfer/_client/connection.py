@@ -308,6 +308,8 @@ class Connection:
             attest_attempts=attest_attempts,
         )
         self._meta: dict[str, dict[str, Any]] = {}
+        # JSON headers of requests written and replies read before (per connection, bounded).
+        self._headers = oip.HeaderCache(size=64, max_header=4096)
 
     @property
     def verified_certificates(self) -> frozenset[str]:
@@ -462,7 +464,7 @@ class Connection:
         ``.receipt`` bytes of the outputs (``Outputs``, a dict)."""
         arrays = to_named_arrays(inputs, self._inputs_of(model), dtype, shape)
         chunks, header_len = oip.encode_infer_request(
-            arrays, outputs, {"receipt": True} if receipt else None
+            arrays, outputs, {"receipt": True} if receipt else None, self._headers
         )
         size = sum(len(c) for c in chunks)
         # Small requests go out as one buffer (one TLS record); large tensors are sent from
@@ -482,7 +484,7 @@ class Connection:
         raw_len = reply.headers.get(oip.HEADER_LENGTH)
         header_len_out = int(raw_len) if raw_len else None
         if not receipt:
-            return oip.parse_infer_response(reply.body, header_len_out)
+            return oip.parse_infer_response(reply.body, header_len_out, self._headers)
         result, params = oip.parse_infer_response_parameters(reply.body, header_len_out)
         try:
             bundle = base64.b64decode(params["receipt"], validate=True)

@@ -23,7 +23,7 @@ import numpy as np
 from blindinfer._engine.limits import RunHandle
 from blindinfer._engine.registry import LoadedModel
 from blindinfer._receipts import ReceiptSigner
-from blindinfer._server.protocol import CONNECTIONS, DIRECT_BODY
+from blindinfer._server.protocol import CONNECTIONS, DIRECT_BODY, HEADER_CACHE
 from blindinfer._server.requests import (
     check_run_access,
     content_length,
@@ -113,9 +113,11 @@ class InferEndpoint:
         header_len: int | None,
         on_start: Callable[[RunHandle], None] | None = None,
         max_seconds: float | None = None,
+        seen: oip.HeaderCache | None = None,
     ) -> Reply:
-        """Parse, run and encode: all per-byte work, on a worker for anything but tiny calls."""
-        req = oip.parse_infer_request(body, header_len)
+        """Parse, run and encode: all per-byte work, on a worker for anything but tiny calls.
+        ``seen``: the connection's own cache of JSON headers read and written."""
+        req = oip.parse_infer_request(body, header_len, seen)
         start = time.perf_counter()
         outputs = self.state.registry.run(model, req.inputs, req.outputs, on_start, max_seconds)
         # Clipped so that one slow sample (a noisy neighbour, a page fault) cannot push a
@@ -133,7 +135,7 @@ class InferEndpoint:
             bundle = self._receipt(model, req.inputs, outputs, request_id)
             params = {"receipt": base64.b64encode(bundle).decode()}
         chunks, out_len = oip.encode_infer_response(
-            model.info.name, outputs, req.binary_outputs, request_id, params
+            model.info.name, outputs, req.binary_outputs, request_id, params, seen
         )
         if out_len is None:
             return 200, [(b"content-type", b"application/json")], bytes(chunks[0])
@@ -232,7 +234,8 @@ class InferEndpoint:
             body = await read_limited(receive, declared, limit, "inference request")
         model_id = model.info.model_id
         start = time.perf_counter()
-        connections = scope.get("extensions", {}).get(CONNECTIONS)
+        extensions = scope.get("extensions", {})
+        connections = extensions.get(CONNECTIONS)
         alone = (
             connections is not None
             and len(connections) <= 1
@@ -240,7 +243,9 @@ class InferEndpoint:
             and len(body) <= INLINE_ALONE_MAX_BODY
         )
         try:
-            reply = await self._run(model, body, header_len, receive, alone)
+            reply = await self._run(
+                model, body, header_len, receive, alone, extensions.get(HEADER_CACHE)
+            )
         except ServerError:
             state.metrics.record_run(model_id, time.perf_counter() - start, ok=False)
             raise
@@ -265,16 +270,18 @@ class InferEndpoint:
         header_len: int | None,
         receive: Receive,
         alone: bool = False,
+        seen: oip.HeaderCache | None = None,
     ) -> Reply:
         model_id = model.info.model_id
         limit = self._inline_limit(model_id, len(body), alone)
         if limit is not None:
             try:
-                return self._work(model, body, header_len, max_seconds=limit)
+                return self._work(model, body, header_len, max_seconds=limit, seen=seen)
             except LimitExceeded:
                 self._never_inline.add(model_id)  # and run it again below, on a worker
         return await self.state.run_cancellable(
-            lambda on_start: self._work(model, body, header_len, on_start), receive
+            lambda on_start: self._work(model, body, header_len, on_start, seen=seen),
+            receive,
         )
 
 

@@ -23,6 +23,8 @@ import termios
 from dataclasses import dataclass
 from typing import Any
 
+from blindinfer._wire.oip import HeaderCache
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -36,6 +38,11 @@ class ConnectionLimits:
 # At most this much is allocated ahead of the bytes that arrived (as in requests.read_limited).
 PREALLOCATE_MAX = 1024 * 1024
 DIRECT_BODY = "blindinfer.body"  # the scope extension the infer endpoint reads the body from
+# The scope extension holding this connection's oip.HeaderCache (never shared between
+# connections: a hit is faster than a miss, and must tell a client nothing about another's).
+HEADER_CACHE = "blindinfer.headers"
+# At most this many headers of up to this many bytes are kept per connection (~10 KB each).
+HEADER_CACHE_SIZE, HEADER_CACHE_MAX = 8, 1024
 # The scope extension holding this listener's open connections (a live set: len() is current).
 CONNECTIONS = "blindinfer.connections"
 
@@ -128,6 +135,7 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             self._timer: asyncio.TimerHandle | None = None
             self._refused = False
             self._pending: int | None = None
+            self._headers = HeaderCache(HEADER_CACHE_SIZE, HEADER_CACHE_MAX)
             super().connection_made(transport)
             if len(self.connections) > self._limits.max_connections:
                 self._refuse(503, "Service Unavailable", "the server has too many connections")
@@ -206,6 +214,7 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             self._direct = _direct_candidate(self.scope, self._limits.direct_body_max)
             extensions = self.scope.setdefault("extensions", {})
             extensions[CONNECTIONS] = self.connections
+            extensions[HEADER_CACHE] = self._headers
             if self._direct is not None:
                 extensions[DIRECT_BODY] = self._direct
 

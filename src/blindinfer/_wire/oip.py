@@ -8,7 +8,6 @@ Shared by the server and the SDK; no transport code here.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -330,17 +329,41 @@ def _split(body: bytes | bytearray, header_length: int | None) -> int:
     return header_length
 
 
-# A client sends the same JSON header over and over (same model, same shapes): what parsing and
-# checking such a header found is kept, keyed by its exact bytes, for headers that describe only
-# binary tensors (no tensor data, no request id: nothing that differs per request). Parsing is a
-# pure function of those bytes, so the result is the same; what still depends on the body (each
-# tensor's place and size in it) is checked on every request. Bounded: cleared when full.
-_PLAN_MAX_HEADER = 4096
-_PLAN_CACHE_SIZE = 256
+class HeaderCache:
+    """What repeated JSON headers said, kept for one connection (server) or one SDK connection
+    (client): a client sends the same header over and over (same model, same shapes) and a
+    server answers with the same one, so each is parsed or written once.
+
+    Kept per connection on purpose: a hit is faster than a miss, so a cache shared by every
+    client would tell one client whether another had just sent (or been answered with) a header
+    of exactly these names and shapes. Entries are pure functions of their keys (the header's
+    exact bytes, or what a header describes); what depends on the body is checked on every
+    call. Bounded: at most ``size`` entries of keys up to ``max_header`` bytes, cleared when
+    full."""
+
+    __slots__ = ("_entries", "max_header", "size")
+
+    def __init__(self, size: int = 8, max_header: int = 1024) -> None:
+        self.size = size
+        self.max_header = max_header
+        self._entries: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        return self._entries.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[key] = value
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True)
 class _Plan:
+    """What a request header that describes only binary tensors (no data, no id) says."""
+
     inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, size
     outputs: tuple[str, ...] | None
     binary_outputs: frozenset[str] | bool
@@ -348,15 +371,15 @@ class _Plan:
     binary_size: int  # the bytes that follow the header
 
 
-_plans: dict[bytes, _Plan] = {}
-
-
-def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> InferRequest:
-    """Parse a JSON or binary-extension request body into named numpy arrays (zero-copy)."""
+def parse_infer_request(
+    body: bytes | bytearray, header_length: int | None, cache: HeaderCache | None = None
+) -> InferRequest:
+    """Parse a JSON or binary-extension request body into named numpy arrays (zero-copy).
+    ``cache``: this connection's (a header seen before is not parsed again)."""
     split = _split(body, header_length)
     view = memoryview(body)
-    key = view[:split].tobytes() if split <= _PLAN_MAX_HEADER else None
-    plan = _plans.get(key) if key is not None else None
+    raw = view[:split].tobytes() if cache is not None and split <= cache.max_header else None
+    plan: _Plan | None = cache.get(("request", raw)) if cache is not None and raw else None
     if plan is not None and split + plan.binary_size == len(body):
         offset = split
         inputs: dict[str, np.ndarray] = {}
@@ -371,12 +394,19 @@ def parse_infer_request(body: bytes | bytearray, header_length: int | None) -> I
             None,
             plan.receipt,
         )
-    return _parse_infer_request(view, split, key)
+    request, plan = _parse_infer_request(view, split, raw)
+    if cache is not None and raw and plan is not None:
+        cache.put(("request", raw), plan)
+    return request
 
 
-def _parse_infer_request(body: memoryview, split: int, key: bytes | None) -> InferRequest:
+def _parse_infer_request(
+    body: memoryview, split: int, raw: bytes | None
+) -> tuple[InferRequest, _Plan | None]:
+    """The request, and what its header says when that can be kept (binary tensors only, no
+    request id: nothing that differs per request)."""
     view = body
-    header = load_json(key if key is not None else view[:split].tobytes())
+    header = load_json(raw if raw is not None else view[:split].tobytes())
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("request must be a JSON object with an 'inputs' list")
     offset = split
@@ -406,17 +436,16 @@ def _parse_infer_request(body: memoryview, split: int, key: bytes | None) -> Inf
     outputs, binary = _requested_outputs(header)
     receipt = _flag(_parameters(header.get("parameters"), "the request"), "receipt", "the request")
     request_id = _request_id(header.get("id"))
-    if key is not None and request_id is None and binary_only:
-        if len(_plans) >= _PLAN_CACHE_SIZE:
-            _plans.clear()
-        _plans[key] = _Plan(
+    plan = None
+    if request_id is None and binary_only:
+        plan = _Plan(
             tuple(plan_inputs),
             tuple(outputs) if outputs is not None else None,
             frozenset(binary) if isinstance(binary, set) else binary,
             receipt,
             offset - split,
         )
-    return InferRequest(inputs, outputs, binary, request_id, receipt)
+    return InferRequest(inputs, outputs, binary, request_id, receipt), plan
 
 
 def _request_id(raw: Any) -> str | None:
@@ -456,12 +485,19 @@ def encode_infer_response(
     binary: set[str] | bool,
     request_id: str | None = None,
     parameters: Mapping[str, Any] | None = None,
+    cache: HeaderCache | None = None,
 ) -> tuple[list[bytes | memoryview], int | None]:
     """Body chunks and the JSON header length (None when the response is plain JSON).
-    ``parameters``: the response's own OIP parameters (e.g. its receipt)."""
+    ``parameters``: the response's own OIP parameters (e.g. its receipt); ``cache``: this
+    connection's (a header written before for these outputs is not written again)."""
     if outputs and request_id is None and not parameters and _all_binary(outputs, binary):
         raw = [to_wire_bytes(array) for array in outputs.values()]
-        header = _response_header(model_name, _described(outputs, raw))
+        key = ("response", model_name, _described(outputs, raw))
+        header = cache.get(key) if cache is not None else None
+        if header is None:
+            header = _response_header(model_name, key[2])
+            if cache is not None:
+                cache.put(key, header)
         return [header, *raw], len(header)
     descs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
@@ -520,10 +556,9 @@ def _binary_descs(described: _Described) -> list[dict[str, Any]]:
     ]
 
 
-@functools.lru_cache(maxsize=256)
 def _response_header(model_name: str, described: _Described) -> bytes:
     """The JSON header of an all-binary response: the same for every run of a model whose
-    output shapes do not change, so it is written once (bounded cache)."""
+    output shapes do not change."""
     descs = _binary_descs(described)
     doc = {"model_name": model_name, "model_version": "1", "outputs": descs}
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -545,25 +580,33 @@ def encode_infer_request(
     inputs: Mapping[str, np.ndarray],
     outputs: Sequence[str] | None = None,
     parameters: Mapping[str, Any] | None = None,
+    cache: HeaderCache | None = None,
 ) -> tuple[list[bytes | memoryview], int]:
     """Binary-extension request (every tensor binary, every output requested binary), with
-    extra request ``parameters`` (e.g. ``{"receipt": True}``)."""
+    extra request ``parameters`` (e.g. ``{"receipt": True}``); ``cache``: the SDK
+    connection's (a header written before for these inputs is not written again)."""
     blobs = [to_wire_bytes(array) for array in inputs.values()]
     described = _described(inputs, blobs)
     wanted = tuple(outputs) if outputs else None
+    params = tuple((parameters or {}).items())
+    key = ("request", described, wanted, params)
     try:
-        header = _request_header(described, wanted, tuple((parameters or {}).items()))
-    except TypeError:  # a parameter value that cannot be a cache key (a list, a dict)
-        header = _request_header.__wrapped__(described, wanted, tuple((parameters or {}).items()))
+        header = cache.get(key) if cache is not None else None
+    except TypeError:  # a parameter value that cannot be a key (a list, a dict)
+        cache = None
+        header = None
+    if header is None:
+        header = _request_header(described, wanted, params)
+        if cache is not None:
+            cache.put(key, header)
     return [header, *blobs], len(header)
 
 
-@functools.lru_cache(maxsize=256)
 def _request_header(
     described: _Described, outputs: tuple[str, ...] | None, parameters: tuple[tuple[str, Any], ...]
 ) -> bytes:
     """A request's JSON header: the same for every call with the same names, types, shapes
-    and parameters, so it is written once (bounded cache)."""
+    and parameters."""
     descs = _binary_descs(described)
     doc: dict[str, Any] = {
         "inputs": descs,
@@ -575,31 +618,31 @@ def _request_header(
 
 
 def parse_infer_response(
-    body: bytes | bytearray, header_length: int | None
+    body: bytes | bytearray, header_length: int | None, cache: HeaderCache | None = None
 ) -> dict[str, np.ndarray]:
     """Outputs by name from a JSON or binary response (zero-copy for binary tensors)."""
-    return parse_infer_response_parameters(body, header_length)[0]
+    return parse_infer_response_parameters(body, header_length, cache)[0]
 
 
 def parse_infer_response_parameters(
-    body: bytes | bytearray, header_length: int | None
+    body: bytes | bytearray, header_length: int | None, cache: HeaderCache | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Outputs by name and the response's own ``parameters`` (empty when it has none)."""
+    """Outputs by name and the response's own ``parameters`` (empty when it has none);
+    ``cache``: the SDK connection's (a header read before is not parsed again)."""
     split = header_length if header_length is not None else len(body)
     view = memoryview(body)
     raw = view[:split].tobytes()
-    plan = _response_plans.get(raw) if header_length is not None else None
+    keep = cache is not None and header_length is not None and len(raw) <= cache.max_header
+    plan = cache.get(("response", raw)) if cache is not None and keep else None
     if plan is not None:
         return _materialize(plan, view, split), {}
     doc = json.loads(raw)
     offset = split
     out: dict[str, np.ndarray] = {}
-    if header_length is not None and len(raw) <= _PLAN_MAX_HEADER and _no_id(doc):
+    if cache is not None and keep and _no_id(doc):
         plan = _response_plan(doc)
         if plan is not None:
-            if len(_response_plans) >= _PLAN_CACHE_SIZE:
-                _response_plans.clear()
-            _response_plans[raw] = plan
+            cache.put(("response", raw), plan)
             return _materialize(plan, view, split), {}
     for item in doc["outputs"]:
         datatype, shape = item["datatype"], tuple(item["shape"])
@@ -615,13 +658,9 @@ def parse_infer_response_parameters(
     return out, dict(params) if isinstance(params, dict) else {}
 
 
-# The client's side of the same idea: a server answers a model's runs with the same JSON header
-# (same outputs, same shapes); what it says is read once. Only all-binary headers without an id
-# or parameters (a receipt differs per run) are kept; bounded, cleared when full.
-_response_plans: dict[bytes, _Described] = {}
-
-
 def _response_plan(doc: Any) -> _Described | None:
+    """What an all-binary response header without an id or parameters (a receipt differs per
+    run) says, or None."""
     if not isinstance(doc, dict) or "parameters" in doc or not isinstance(doc.get("outputs"), list):
         return None
     plan = []
