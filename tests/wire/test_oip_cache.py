@@ -7,6 +7,7 @@ answer with a fresh parse and checks that what depends on the body is checked on
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,12 +48,23 @@ def test_a_repeated_request_header_is_parsed_once_with_the_same_result() -> None
     assert second.outputs is not first.outputs
 
 
-def test_without_a_cache_nothing_is_kept_anywhere() -> None:
+def test_caches_are_never_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    parses: list[int] = []
+    real = oip._parse_infer_request
+
+    def counting(*args: Any) -> Any:
+        parses.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(oip, "_parse_infer_request", counting)
     body, hlen = _body({"x": np.zeros((2, 2), np.float32)})
-    cache = oip.HeaderCache()
-    oip.parse_infer_request(body, hlen)  # another connection's request, or none
-    oip.parse_infer_request(body, hlen, cache)
-    assert len(cache) == 1  # a miss: nothing was shared from the call without a cache
+    mine, theirs = oip.HeaderCache(), oip.HeaderCache()
+    oip.parse_infer_request(body, hlen)  # without a cache: parsed, kept nowhere
+    oip.parse_infer_request(body, hlen, theirs)  # parsed, kept in theirs
+    oip.parse_infer_request(body, hlen, theirs)  # found in theirs
+    assert len(parses) == 2
+    oip.parse_infer_request(body, hlen, mine)  # another connection: parsed again
+    assert len(parses) == 3
 
 
 def test_other_data_under_a_cached_header_is_read_from_its_own_body() -> None:

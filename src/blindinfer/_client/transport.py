@@ -338,6 +338,7 @@ class _Conn:
         if not data:
             raise _Closed("the server closed the connection")
         head = 0
+        body: bytes | bytearray | None = None
         while True:
             reply.feed(data)
             if reply.done:
@@ -351,17 +352,16 @@ class _Conn:
                 # exactly the declared bytes are read, nothing past them (a later byte is
                 # caught by the idle check before the connection is used again).
                 body = self._read_body(reply)
-                return reply.status, reply.headers, body, reply.keep_alive and not reply.extra
+                break
             data = self._recv()
             if not data:
                 reply.at_eof()
                 break
-        if reply.status == 101:
-            return 101, {}, b"", False
         # RFC 9112 section 9.3.2: replies come in request order, one per request; we sent one
-        # request, so anything past this reply is not an answer to anything.
+        # request, so anything past this reply is not an answer to anything. (A 1xx, 101
+        # included, is handed up as the reply and never reused: its keep_alive is False.)
         reusable = reply.keep_alive and not reply.extra
-        return reply.status, reply.headers, reply.joined(), reusable
+        return reply.status, reply.headers, reply.joined() if body is None else body, reusable
 
     def _read_body(self, reply: _Parse) -> bytearray:
         assert reply.length is not None

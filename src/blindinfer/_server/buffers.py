@@ -21,6 +21,12 @@ def fill_in_place_supported() -> bool:
     return platform.python_implementation() == "CPython"
 
 
+if fill_in_place_supported():  # set up once: (NULL, n) makes n uninitialised bytes
+    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _new_bytes.restype = ctypes.py_object
+    _new_bytes.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+
+
 class WritableBytes:
     """``data``: a new bytes object of ``size`` (uninitialised until written); ``view``: a
     writable memoryview of its storage (it and its slices keep ``data`` alive). ``data`` must
@@ -29,10 +35,7 @@ class WritableBytes:
     def __init__(self, size: int) -> None:
         if size <= 0:
             raise ValueError("size must be positive")
-        new = ctypes.pythonapi.PyBytes_FromStringAndSize
-        new.restype = ctypes.py_object
-        new.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
-        self.data: bytes = new(None, size)
+        self.data: bytes = _new_bytes(None, size)
         storage = (ctypes.c_ubyte * size).from_address(id(self.data) + _OFFSET)
         # Every view (and slice of one) keeps the storage alive, and the storage the bytes:
         # a sealing worker still reading a slice never reads freed memory.

@@ -25,7 +25,7 @@ class CoalescingTransport:
         if self._held is not None:
             held, self._held = self._held, None
             if len(data) < _JOIN_BELOW:
-                self._transport.write(held + bytes(data))
+                self._transport.write(held + data)
             else:
                 # A big body is not copied just to be joined: the TLS transport encrypts both
                 # pieces into its outgoing buffer and sends them in one socket write.

@@ -401,11 +401,10 @@ def parse_infer_request(
 
 
 def _parse_infer_request(
-    body: memoryview, split: int, raw: bytes | None
+    view: memoryview, split: int, raw: bytes | None
 ) -> tuple[InferRequest, _Plan | None]:
     """The request, and what its header says when that can be kept (binary tensors only, no
     request id: nothing that differs per request)."""
-    view = body
     header = load_json(raw if raw is not None else view[:split].tobytes())
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("request must be a JSON object with an 'inputs' list")
@@ -431,8 +430,8 @@ def _parse_infer_request(
         inputs[name] = _binary_tensor(view, offset, size, name, datatype, shape)
         plan_inputs.append((name, datatype, shape, size))
         offset += size
-    if offset != len(body):
-        raise InvalidInput(f"{len(body) - offset} bytes of binary data follow the last tensor")
+    if offset != len(view):
+        raise InvalidInput(f"{len(view) - offset} bytes of binary data follow the last tensor")
     outputs, binary = _requested_outputs(header)
     receipt = _flag(_parameters(header.get("parameters"), "the request"), "receipt", "the request")
     request_id = _request_id(header.get("id"))
@@ -637,13 +636,13 @@ def parse_infer_response_parameters(
     if plan is not None:
         return _materialize(plan, view, split), {}
     doc = json.loads(raw)
-    offset = split
-    out: dict[str, np.ndarray] = {}
-    if cache is not None and keep and _no_id(doc):
+    if cache is not None and keep:
         plan = _response_plan(doc)
         if plan is not None:
             cache.put(("response", raw), plan)
             return _materialize(plan, view, split), {}
+    offset = split
+    out: dict[str, np.ndarray] = {}
     for item in doc["outputs"]:
         datatype, shape = item["datatype"], tuple(item["shape"])
         size = (item.get("parameters") or {}).get("binary_data_size")
@@ -661,7 +660,9 @@ def parse_infer_response_parameters(
 def _response_plan(doc: Any) -> _Described | None:
     """What an all-binary response header without an id or parameters (a receipt differs per
     run) says, or None."""
-    if not isinstance(doc, dict) or "parameters" in doc or not isinstance(doc.get("outputs"), list):
+    if not isinstance(doc, dict) or "parameters" in doc or "id" in doc:
+        return None
+    if not isinstance(doc.get("outputs"), list):
         return None
     plan = []
     for item in doc["outputs"]:
@@ -679,7 +680,3 @@ def _materialize(plan: _Described, view: memoryview, offset: int) -> dict[str, n
         out[name] = from_wire_bytes(view[offset : offset + size], datatype, shape)
         offset += size
     return out
-
-
-def _no_id(doc: Any) -> bool:
-    return isinstance(doc, dict) and "id" not in doc
