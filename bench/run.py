@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,10 +135,15 @@ class Server:
 
 @contextmanager
 def server(
-    workdir: Path, intra_op: int, profile: Path | None = None, src: Path | None = None
+    workdir: Path,
+    intra_op: int,
+    profile: Path | None = None,
+    src: Path | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """A real ``blindinfer serve`` process on loopback (optionally under cProfile; ``src``:
-    another checkout's ``src/`` directory, for a before/after run side by side)."""
+    another checkout's ``src/`` directory, for a before/after run side by side; ``args``: more
+    ``serve`` flags)."""
     port = free_port()
     data_dir = workdir / f"data-{port}"
     log_path = workdir / f"server-{port}.log"
@@ -149,6 +154,7 @@ def server(
         *prefix, "-m", "blindinfer", "serve",
         "--data-dir", str(data_dir), "--port", str(port), "--owner-token", TOKEN,
         "--log-level", "warning", "--no-demo-model", "--intra-op-threads", str(intra_op),
+        *args,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDINFER_")}
     if src is not None:

@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from blindinfer._client.connection import _raise_for
 from blindinfer._client.tls import pinned_context
-from blindinfer._client.transport import Reply, Transport
+from blindinfer._client.transport import Reply, Transport, _Conn
 from blindinfer._server.tls import TlsIdentity, generate_identity
 from blindinfer.errors import BlindInferError, ServerError
 
@@ -39,10 +40,18 @@ class Late:
 
 
 @dataclass
+class Slow:
+    """A reply sent ``delay`` seconds after its request."""
+
+    reply: bytes
+    delay: float
+
+
+@dataclass
 class Scripted:
     """A one-thread TLS server: every request it reads gets the next scripted reply."""
 
-    replies: list[bytes | Late]
+    replies: list[bytes | Late | Slow]
     identity: TlsIdentity = field(default_factory=generate_identity)
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)  # heads and bodies, as received
@@ -56,9 +65,9 @@ class Scripted:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
-    def transport(self, timeout: float = 5) -> Transport:
+    def transport(self, timeout: float = 5, **options: Any) -> Transport:
         context = pinned_context(self.identity.certificate_der)
-        return Transport(f"https://127.0.0.1:{self.port}", context, timeout)
+        return Transport(f"https://127.0.0.1:{self.port}", context, timeout, **options)
 
     def _serve(self) -> None:
         context = self.identity.server_context()
@@ -106,6 +115,9 @@ class Scripted:
                 self.late_sent.set()
                 if reply.close:
                     return
+            elif isinstance(reply, Slow):
+                time.sleep(reply.delay)
+                tls.sendall(reply.reply)
             elif reply == CLOSE:
                 return
             else:
@@ -125,7 +137,7 @@ def serve() -> Iterator[list[Scripted]]:
         server.close()
 
 
-def scripted(servers: list[Scripted], *replies: bytes | Late) -> Scripted:
+def scripted(servers: list[Scripted], *replies: bytes | Late | Slow) -> Scripted:
     server = Scripted(list(replies))
     servers.append(server)
     return server
@@ -555,3 +567,44 @@ def test_validated_request_heads_are_reused_only_for_the_same_request() -> None:
     for i in range(300):  # bounded: a client that never repeats itself does not grow it
         t._request_event("GET", f"/p{i}", None, None)
     assert len(t._requests) <= 256
+
+
+# --- waiting for a reply ----------------------------------------------------------------------
+
+
+def test_fast_replies_are_polled_for_and_a_slow_one_turns_it_off(
+    serve: list[Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spun: list[int] = []  # the index of each request whose reply was polled for
+    done: list[bytes] = []
+    real = _Conn._spin
+
+    def counting(self: _Conn, until_ns: int) -> None:
+        spun.append(len(done))
+        real(self, until_ns)
+
+    monkeypatch.setattr(_Conn, "_spin", counting)
+    # 0.1 s: far longer than a loopback reply takes, far shorter than the slow one's 0.4 s
+    server = scripted(serve, OK, OK, Slow(OK, 0.4), OK, OK)
+    transport = server.transport(spin_ns=100_000_000)
+    try:
+        for _ in range(5):
+            done.append(transport.request("GET", "/").body)
+    finally:
+        transport.close()
+    assert done == [b"ok"] * 5 and server.connections == 1
+    # 0 and 1 polled; 2 polled for its 0.1 s, then slept until its reply came; that reply
+    # was slow, so 3 slept at once; 3 was fast again, so 4 polled.
+    assert spun == [0, 1, 2, 4]
+
+
+def test_no_polling_when_it_is_off(serve: list[Scripted], monkeypatch: pytest.MonkeyPatch) -> None:
+    spun: list[int] = []
+    monkeypatch.setattr(_Conn, "_spin", lambda self, until: spun.append(until))
+    server = scripted(serve, OK, OK)
+    transport = server.transport(spin_ns=0)
+    try:
+        assert [transport.request("GET", "/").body for _ in range(2)] == [b"ok", b"ok"]
+    finally:
+        transport.close()
+    assert spun == []

@@ -34,7 +34,7 @@ import numpy as np
 
 from blindinfer._client.tensors import to_named_arrays
 from blindinfer._client.tls import VerifiedCertificates, evidence_context, pinned_context
-from blindinfer._client.transport import Exchange, Reply, Transport
+from blindinfer._client.transport import SPIN_NS, Exchange, Reply, Transport
 from blindinfer._wire import oip
 from blindinfer._wire.attestation import AttestationDocument
 from blindinfer._wire.models import ModelInfo
@@ -59,6 +59,7 @@ UPLOAD_CHUNK = 1 << 20
 EVIDENCE_MAX_BODY = 8 * 1024 * 1024
 # New connections tried per request (and by connect()) while replicas refuse attestation.
 ATTEST_ATTEMPTS = 3
+SPIN_US = SPIN_NS // 1000
 
 
 # Returns the collateral to verify a piece of evidence with (instead of the server's).
@@ -290,6 +291,7 @@ class Connection:
         *,
         verify: VerifyOptions | None = None,
         attest_attempts: int = ATTEST_ATTEMPTS,
+        spin_us: int = SPIN_US,
     ) -> None:
         self.url = base_url
         self.claims = claims
@@ -306,6 +308,7 @@ class Connection:
             verified=self._verified,
             attestor=attestor,
             attest_attempts=attest_attempts,
+            spin_ns=max(0, spin_us) * 1000,
         )
         self._meta: dict[str, dict[str, Any]] = {}
         # JSON headers of requests written and replies read before (per connection, bounded).
@@ -542,6 +545,7 @@ def connect(
     trust_roots: Mapping[str, Sequence[bytes]] | None = None,
     collateral_source: CollateralSource | None = None,
     attest_attempts: int = ATTEST_ATTEMPTS,
+    spin_us: int = SPIN_US,
 ) -> Connection:
     """Verify the server at ``url`` against ``policy`` and return an attested Connection.
 
@@ -550,7 +554,10 @@ def connect(
     deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable.
     ``trust_roots`` and ``collateral_source``: see ``attest``. Behind a balancer every new
     connection is attested the same way before use; ``attest_attempts`` bounds the connections
-    tried while replicas refuse attestation (module docstring)."""
+    tried while replicas refuse attestation (module docstring). ``spin_us``: while replies come
+    within this many microseconds, wait for the next one by polling its socket, not by
+    sleeping (a fast model answers sooner than a sleeping thread wakes); a slower reply turns
+    it off until one comes fast again; 0: never."""
     base = _base_url(url)
     opts = VerifyOptions(
         _resolve_policy(policy, simulation_mode),
@@ -577,6 +584,7 @@ def connect(
         timeout,
         verify=opts,
         attest_attempts=attempts,
+        spin_us=spin_us,
     )
 
 
