@@ -196,6 +196,10 @@ def serve(
     max_connections: Annotated[
         int | None, typer.Option(help="most open connections per port [4096]")
     ] = None,
+    spin_us: Annotated[
+        int | None,
+        typer.Option(help="poll a lone client's socket this long after a reply, us; 0: off [200]"),
+    ] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(help="onnxruntime threads per inference [1]")
     ] = None,
@@ -256,6 +260,7 @@ def serve(
         "max_load_seconds": max_load_seconds,
         "idle_timeout": idle_timeout,
         "max_connections": max_connections,
+        "spin_us": spin_us,
         "intra_op_threads": intra_op_threads,
         "inference_workers": inference_workers,
         "blindai_compat": blindai_compat,

@@ -3,7 +3,9 @@
 Three measured features need more than uvicorn's and asyncio's public API:
 
 - ``server/protocol.py`` and ``server/coalesce.py`` subclass uvicorn's httptools protocol and
-  override its parser callbacks and keep-alive handler (connection limits, one-write replies);
+  override its parser callbacks, keep-alive handler and task start (connection limits,
+  one-write replies, and the inference lane, which answers a request in place of the request
+  cycle's task and so sets that cycle's response state itself);
 - the TLS context is set on ``uvicorn.Config`` after ``load()``, because uvicorn only takes key
   *files* and the server's key must never touch a disk;
 - the BlindAI port sniffer builds ``asyncio.sslproto.SSLProtocol`` by hand to replay the
@@ -34,8 +36,18 @@ PROTOCOL_METHODS = (
     "on_message_complete",
     "on_response_complete",
     "timeout_keep_alive_handler",
+    "_start_asgi_task",
+    "_unset_keepalive_if_required",
 )
-PROTOCOL_ATTRIBUTES = ("loop", "transport", "connections", "timeout_keep_alive")
+PROTOCOL_ATTRIBUTES = ("loop", "transport", "connections", "timeout_keep_alive", "server_state")
+# Request cycle members the inference lane reads or sets when it answers without the cycle's
+# task (server/protocol.py, Guarded._answer).
+CYCLE_ATTRIBUTES = (
+    "keep_alive",
+    "waiting_for_100_continue",
+    "response_started",
+    "response_complete",
+)
 SSLPROTOCOL_PARAMETERS = (
     "loop",
     "app_protocol",
@@ -105,6 +117,14 @@ def problems() -> list[str]:
         for a in PROTOCOL_ATTRIBUTES
         if not hasattr(instance, a)
     ]
+    cycle = _cycle_class(proto)
+    if cycle is not None:
+        source = inspect.getsource(cycle)
+        out += [
+            f"{cycle.__name__} no longer sets {a!r}"
+            for a in CYCLE_ATTRIBUTES
+            if f"self.{a} =" not in source
+        ]
     if "config.ssl" not in inspect.getsource(uvicorn.Server.startup):
         out.append("uvicorn.Server.startup no longer reads config.ssl")
     params = inspect.signature(sslproto.SSLProtocol).parameters
@@ -119,6 +139,13 @@ def problems() -> list[str]:
         if not hasattr(sslproto.SSLProtocol, m)
     ]
     return out
+
+
+def _cycle_class(proto: type[asyncio.Protocol]) -> type | None:
+    """The request cycle class of ``proto``'s module (None: the h11 fallback has no lane)."""
+    module = inspect.getmodule(proto)
+    cycle = getattr(module, "RequestResponseCycle", None)
+    return cycle if isinstance(cycle, type) else None
 
 
 def _protocol_instance(proto: type[asyncio.Protocol]) -> Any:

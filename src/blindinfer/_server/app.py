@@ -125,10 +125,11 @@ async def _receive_model(
     return [target]
 
 
-def build_app(state: ServerState) -> ASGIApp:
-    """The native API: the inference hot path as a raw endpoint, the rest on Starlette."""
+def build_app(state: ServerState, infer: InferEndpoint | None = None) -> ASGIApp:
+    """The native API: the inference hot path as a raw endpoint, the rest on Starlette.
+    ``infer``: the endpoint, when the protocol shares it as its lane (``protocol.Lane``)."""
     rest = quiet(_build_starlette(state), "native")
-    infer = InferEndpoint(state)
+    infer = infer or InferEndpoint(state)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

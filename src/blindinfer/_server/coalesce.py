@@ -43,12 +43,28 @@ class CoalescingTransport:
             if not self._transport.is_closing():
                 self._transport.write(held)
 
+    def write_reply(self, head: bytes, body: bytes) -> None:
+        """A whole response at once (the head is not held: its body comes with it)."""
+        self._flush()
+        write_reply(self._transport, head, body)
+
     def close(self) -> None:
         self._flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+def write_reply(transport: Any, head: bytes, body: bytes) -> None:
+    """Write a response's head and body in one TLS record when small, else in one socket write
+    without joining them (see ``_JOIN_BELOW``)."""
+    if isinstance(transport, CoalescingTransport):
+        transport.write_reply(head, body)
+    elif len(body) < _JOIN_BELOW:
+        transport.write(head + body)
+    else:
+        transport.writelines((head, body))
 
 
 def coalescing(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Protocol]:

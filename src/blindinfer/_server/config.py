@@ -139,6 +139,13 @@ class Settings(BaseModel):
         30.0, gt=0, description="idle, header and body timeout of a connection (seconds)"
     )
     max_connections: int = Field(4096, gt=0, description="most open connections per port")
+    spin_us: int = Field(
+        200,
+        ge=0,
+        le=10_000,
+        description="after answering the only client on the port, poll its socket this long "
+        "for the next request before sleeping (microseconds; 0: off)",
+    )
     max_header_size: int = Field(
         64 * 1024, gt=0, description="largest request head (request line + headers), else 431"
     )

@@ -141,11 +141,13 @@ class Metrics:
             gauges(self)
         return generate_latest(self.registry)
 
+    def recorder(self, api: str) -> RequestRecorder:
+        return RequestRecorder(self, api)
+
     def instrument(self, app: ASGIApp, api: str) -> ASGIApp:
         """Wrap an ASGI app: status, latency and bytes per request, by route class."""
-        latency, requests, nbytes = self.latency, self.requests, self.bytes
-        received, sent = nbytes.labels(api, "in"), nbytes.labels(api, "out")
-        children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        recorder = self.recorder(api)
+        received, sent = recorder.received, recorder.sent
 
         async def wrapper(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != "http":
@@ -172,22 +174,37 @@ class Metrics:
             try:
                 await app(scope, counting_receive, counting_send)
             finally:
-                route = route_of(scope)
-                code = status[0]
-                key = (route, code // 100)
-                pair = children.get(key)
-                if pair is None:
-                    # labels() validates and locks on every call (~2 us): the few (route,
-                    # status class) pairs keep their series, looked up once.
-                    label = f"{code // 100}xx" if code else "none"
-                    pair = children[key] = (
-                        requests.labels(api, route, label),
-                        latency.labels(api, route),
-                    )
-                pair[0].inc()
-                pair[1].observe(time.perf_counter() - start)
+                recorder.record(route_of(scope), status[0], time.perf_counter() - start)
 
         return wrapper
+
+
+class RequestRecorder:
+    """One API's request series: count by (route class, status class), latency, body bytes.
+
+    ``Metrics.instrument`` feeds it from ASGI messages; the protocol's inference lane
+    (``protocol.py``), which answers without an ASGI cycle, calls it directly."""
+
+    def __init__(self, metrics: Metrics, api: str) -> None:
+        self._api = api
+        self._metrics = metrics
+        self.received = metrics.bytes.labels(api, "in")
+        self.sent = metrics.bytes.labels(api, "out")
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status // 100)
+        pair = self._children.get(key)
+        if pair is None:
+            # labels() validates and locks on every call (~2 us): the few (route, status
+            # class) pairs keep their series, looked up once.
+            label = f"{status // 100}xx" if status else "none"
+            pair = self._children[key] = (
+                self._metrics.requests.labels(self._api, route, label),
+                self._metrics.latency.labels(self._api, route),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
 
 
 def collateral_expiry(collateral: MutableMapping[str, bytes] | Any) -> datetime | None:

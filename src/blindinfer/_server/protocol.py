@@ -18,12 +18,40 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
+import os
+import select
 import struct
 import termios
+import time
+from collections.abc import Sized
 from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Protocol
 
+from blindinfer._server.coalesce import write_reply
 from blindinfer._wire.oip import HeaderCache
+
+log = logging.getLogger("blindinfer.server")
+
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class Lane(Protocol):
+    """Requests the protocol answers itself, without an ASGI task (``InferEndpoint``).
+
+    ``admit`` looks at a request whose head has arrived (and whose body will land in a
+    ``DirectBody``) and returns a ticket, or None to send it down the ASGI path. ``finish``
+    gets the whole body and returns the reply, or None: the ASGI path serves it after all
+    (nothing has been written). Both run on the event loop, and must not block it for long."""
+
+    def admit(self, scope: dict[str, Any], connections: Sized) -> object | None: ...
+
+    def finish(self, ticket: Any, body: bytearray, seen: HeaderCache) -> Reply | None: ...
+
+    def idle(self) -> bool:
+        """Nothing is running or queued on the workers."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -33,6 +61,9 @@ class ConnectionLimits:
     max_connections: int = 4096
     # Inference bodies up to this size go straight into their final buffer (0: off).
     direct_body_max: int = 0
+    # After the lane answers the only client on the port, its socket is polled this long for
+    # the next request before the loop sleeps (0: off). See ``Guarded._spin``.
+    spin_ns: int = 0
 
 
 # At most this much is allocated ahead of the bytes that arrived (as in requests.read_limited).
@@ -121,14 +152,55 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
-    """A subclass of a uvicorn HTTP protocol class that enforces ``limits``."""
+def socket_poller(fd: int) -> select.poll:
+    """A poll object watching ``fd`` for input (one per connection, made on its first spin)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return poller
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _response_head(
+    status: int, headers: list[tuple[bytes, bytes]], length: int, keep_alive: bool
+) -> bytes:
+    """A response head as uvicorn writes it (status line, headers, Content-Length last)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+    parts = [line]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"content-length: %d\r\n" % length)
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+_INTERNAL_ERROR: Reply = (
+    500,
+    [(b"content-type", b"application/json")],
+    b'{"error":"internal server error"}',
+)
+
+
+def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None) -> type[Any]:
+    """A subclass of a uvicorn HTTP protocol class that enforces ``limits``, and answers the
+    requests ``lane`` admits itself (the inference hot path: no ASGI task, scope messages or
+    second write; ``infer.py``)."""
 
     class Guarded(base):  # type: ignore[misc, valid-type]
         _limits = limits
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self._deferring = False
+            self._deferred: tuple[Any, Any] | None = None  # (cycle, app) not started yet
+            self._ticket: tuple[object, Any, Any] | None = None  # (ticket, cycle, app)
             self._direct: DirectBody | None = None
+            self._poller: select.poll | None = None  # this socket, for _spin
+            self._spinning = False
             self._deadline = 0.0
             self._phase = "idle"
             self._head_bytes = 0
@@ -198,6 +270,8 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             if counting:
                 self._head_bytes += len(data)
             super().data_received(data)
+            if self._ticket is not None:  # an admitted body is still arriving
+                self._spin_soon()
             if counting and self._phase == "head" and self._head_bytes > self._limits.max_head:
                 self._refuse(
                     431,
@@ -207,9 +281,16 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
 
         def on_headers_complete(self) -> None:
             self._phase = "body"
-            self._deadline = 0.0
-            self._arm()
-            super().on_headers_complete()
+            # The head's timer runs on with the body's deadline (no cancel and re-arm).
+            self._extend()
+            # A request parsed in the same read as a reply the lane just wrote must not be
+            # cut by that reply's keep-alive timer.
+            self._unset_keepalive_if_required()
+            self._deferring = lane is not None
+            try:
+                super().on_headers_complete()
+            finally:
+                self._deferring = False
             # The app's task exists but has not run: it sees the extension in its scope.
             self._direct = _direct_candidate(self.scope, self._limits.direct_body_max)
             extensions = self.scope.setdefault("extensions", {})
@@ -217,6 +298,22 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
             extensions[HEADER_CACHE] = self._headers
             if self._direct is not None:
                 extensions[DIRECT_BODY] = self._direct
+            deferred, self._deferred = self._deferred, None
+            if deferred is not None:
+                cycle, app = deferred
+                ticket = None
+                if lane and self._direct is not None and not cycle.waiting_for_100_continue:
+                    ticket = lane.admit(self.scope, self.connections)
+                if ticket is None:
+                    super()._start_asgi_task(cycle, app)
+                else:
+                    self._ticket = (ticket, cycle, app)
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            if self._deferring:  # on_headers_complete decides once the scope is complete
+                self._deferred = (cycle, app)
+            else:
+                super()._start_asgi_task(cycle, app)
 
         def on_body(self, body: bytes) -> None:
             self._extend()
@@ -227,7 +324,8 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
                 direct.write(body)
 
         def on_message_complete(self) -> None:
-            self._direct = None
+            direct, self._direct = self._direct, None
+            ticket, self._ticket = self._ticket, None
             if self._phase == "drain":  # the rest of a body answered early has been read
                 self._phase = "idle"
                 self._disarm()
@@ -235,6 +333,69 @@ def guarded(base: type[Any], limits: ConnectionLimits) -> type[Any]:
                 self._phase = "app"
                 self._disarm()
             super().on_message_complete()
+            if ticket is not None and direct is not None:
+                self._answer(direct, *ticket)
+
+        def _answer(self, direct: DirectBody, ticket: object, cycle: Any, app: Any) -> None:
+            """Serve a request the lane admitted: the reply, or the ASGI path after all."""
+            assert lane is not None  # only admitted tickets come here
+            try:
+                reply = lane.finish(ticket, direct.body(), self._headers)
+            except Exception as exc:  # the lane's own failure: the type only, never the text
+                log.error("internal error in the inference lane: %s", type(exc).__name__)
+                reply = _INTERNAL_ERROR
+            if reply is None:
+                super()._start_asgi_task(cycle, app)
+                return
+            status, headers, body = reply
+            keep_alive = cycle.keep_alive
+            head = _response_head(
+                status, self.server_state.default_headers + headers, len(body), keep_alive
+            )
+            cycle.response_started = cycle.response_complete = True
+            write_reply(self.transport, head, body)
+            if not keep_alive:
+                self.transport.close()
+            self.on_response_complete()
+            if keep_alive:
+                self._spin_soon()
+
+        # --- waiting for a lone client by polling -----------------------------------------
+
+        def _spin_soon(self) -> None:
+            """Poll this connection's socket for the lane's next bytes before the loop sleeps.
+
+            A client calling in a loop sends its next request within ~0.1 ms of a reply, and
+            the body of a big one comes in pieces; a loop asleep meanwhile is a halted vCPU
+            to wake for each, which cost more than a small model's whole request on the test
+            VM (bench/README.md, "Third pass"). Done after the current callbacks (the TLS
+            layer may hold more of this read), and only while this is the only connection on
+            the port with nothing on the workers: then nobody waits for the loop but a new
+            connection, for at most ``spin_ns``."""
+            if self._limits.spin_ns and not self._spinning:
+                self._spinning = True
+                self.loop.call_soon(self._spin)
+
+        def _spin(self) -> None:
+            self._spinning = False
+            if self.transport.is_closing() or len(self.connections) > 1:
+                return
+            if self._phase == "body":
+                waiting = self._ticket is not None  # more of an admitted body
+            else:
+                cycle = self.cycle
+                waiting = self._phase == "idle" and (cycle is None or cycle.response_complete)
+            if not waiting or lane is None or not lane.idle():
+                return
+            poller = self._poller
+            if poller is None:
+                sock = self.transport.get_extra_info("socket")
+                if sock is None:
+                    return
+                poller = self._poller = socket_poller(sock.fileno())
+            end = time.perf_counter_ns() + self._limits.spin_ns
+            while not poller.poll(0) and time.perf_counter_ns() < end:
+                os.sched_yield()
 
         def on_response_complete(self) -> None:
             # uvicorn arms its keep-alive timer here (timeout_keep_alive = the same timeout).

@@ -28,6 +28,7 @@ from blindinfer._server._internals import http_protocol_class, load_config
 from blindinfer._server.app import build_app
 from blindinfer._server.coalesce import coalescing
 from blindinfer._server.config import Settings
+from blindinfer._server.infer import InferEndpoint
 from blindinfer._server.metrics import metrics_app
 from blindinfer._server.owner import owner_digest
 from blindinfer._server.protocol import ConnectionLimits, guarded
@@ -195,19 +196,22 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         max_head=settings.max_header_size,
         max_connections=settings.max_connections,
         direct_body_max=settings.max_request_size,
+        spin_ns=settings.spin_us * 1000,
     )
 
 
 def listeners(state: ServerState) -> list[Listener]:
     s = state.settings
+    infer = InferEndpoint(state)  # the app's inference endpoint, and the protocol's lane
+    native = guarded(coalescing(http_protocol_class()), connection_limits(s), lane=infer)
     out = [
         Listener(
             "native",
-            build_app(state),
+            build_app(state, infer),
             s.host,
             s.port,
             state.tls.server_context(),
-            http_protocol=guarded(coalescing(http_protocol_class()), connection_limits(s)),
+            http_protocol=native,
         )
     ]
     if s.blindai_compat:
