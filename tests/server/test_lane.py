@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import select
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,40 @@ def test_the_server_spins_only_for_a_lone_client(
             for _ in range(5):
                 conn.run_model("demo", X)
             assert len(polled) == count  # two connections: no spinning at all
+
+
+def test_no_spinning_while_a_body_arrives(
+    server: InProcessServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer trickling a body must not keep a core spinning: the server polls only between
+    requests."""
+    polled: list[int] = []
+    monkeypatch.setattr(protocol, "socket_poller", lambda fd: _CountingPoller(fd, polled))
+    request = _binary(X)
+    with tls_socket(_port(server)) as sock:
+        for _ in range(2):  # the first on a worker, the second in the lane: polls after it
+            sock.sendall(request)
+            assert _replies(sock, 1)[0][0].startswith(b"HTTP/1.1 200")
+        settled = _settle(polled)
+        assert settled > 0
+        for i in range(0, len(request) - 1, 7):
+            sock.sendall(request[i : min(i + 7, len(request) - 1)])
+            time.sleep(0.005)
+        assert len(polled) == settled  # a whole head and most of a body: no polling
+        sock.sendall(request[-1:])
+        assert _replies(sock, 1)[0][0].startswith(b"HTTP/1.1 200")
+        assert _settle(polled) > settled  # after the reply, it polled again
+
+
+def _settle(polled: list[int]) -> int:
+    """The number of polls once the server has stopped polling (a spin lasts at most
+    ``--spin-us``; this waits for 0.1 s without a new poll, 10 s at most)."""
+    deadline = time.monotonic() + 10
+    seen = -1
+    while len(polled) != seen and time.monotonic() < deadline:
+        seen = len(polled)
+        time.sleep(0.1)
+    return seen
 
 
 def test_no_spinning_when_it_is_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -270,8 +270,6 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
             if counting:
                 self._head_bytes += len(data)
             super().data_received(data)
-            if self._ticket is not None:  # an admitted body is still arriving
-                self._spin_soon()
             if counting and self._phase == "head" and self._head_bytes > self._limits.max_head:
                 self._refuse(
                     431,
@@ -363,15 +361,16 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
         # --- waiting for a lone client by polling -----------------------------------------
 
         def _spin_soon(self) -> None:
-            """Poll this connection's socket for the lane's next bytes before the loop sleeps.
+            """Poll this connection's socket for the next request before the loop sleeps.
 
-            A client calling in a loop sends its next request within ~0.1 ms of a reply, and
-            the body of a big one comes in pieces; a loop asleep meanwhile is a halted vCPU
-            to wake for each, which cost more than a small model's whole request on the test
-            VM (bench/README.md, "Third pass"). Done after the current callbacks (the TLS
-            layer may hold more of this read), and only while this is the only connection on
-            the port with nothing on the workers: then nobody waits for the loop but a new
-            connection, for at most ``spin_ns``."""
+            A client calling in a loop sends its next request within ~0.1 ms of a reply; a
+            loop asleep meanwhile is a halted vCPU to wake when it comes, which cost more than
+            a small model's whole request on the test VM (bench/README.md, "Third pass").
+            Done after the current callbacks (a pipelined request may already be parsed), and
+            only while this is the only connection on the port with nothing on the workers:
+            then nobody waits for the loop but a new connection, for at most ``spin_ns``.
+            Never while a body arrives: a peer trickling its body would keep a core spinning
+            (and polling there showed no gain for big bodies)."""
             if self._limits.spin_ns and not self._spinning:
                 self._spinning = True
                 self.loop.call_soon(self._spin)
@@ -380,11 +379,8 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
             self._spinning = False
             if self.transport.is_closing() or len(self.connections) > 1:
                 return
-            if self._phase == "body":
-                waiting = self._ticket is not None  # more of an admitted body
-            else:
-                cycle = self.cycle
-                waiting = self._phase == "idle" and (cycle is None or cycle.response_complete)
+            cycle = self.cycle
+            waiting = self._phase == "idle" and (cycle is None or cycle.response_complete)
             if not waiting or lane is None or not lane.idle():
                 return
             poller = self._poller
