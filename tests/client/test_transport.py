@@ -572,7 +572,7 @@ def test_validated_request_heads_are_reused_only_for_the_same_request() -> None:
 # --- waiting for a reply ----------------------------------------------------------------------
 
 
-def test_fast_replies_are_polled_for_and_a_slow_one_turns_it_off(
+def test_fast_replies_are_polled_for_from_the_start(
     serve: list[Scripted], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spun: list[int] = []  # the index of each request whose reply was polled for
@@ -593,9 +593,53 @@ def test_fast_replies_are_polled_for_and_a_slow_one_turns_it_off(
     finally:
         transport.close()
     assert done == [b"ok"] * 5 and server.connections == 1
-    # 0 and 1 polled; 2 polled for its 0.1 s, then slept until its reply came; that reply
-    # was slow, so 3 slept at once; 3 was fast again, so 4 polled.
+    # 0 and 1 polled; 2 polled for its 0.1 s, then slept until its reply came; 3 was due
+    # 0.4 s after it was sent, so it napped, and its reply came early: the nap ended then,
+    # with no polling; 4 was due at once again, so it polled.
     assert spun == [0, 1, 2, 4]
+
+
+class _Naps:
+    """A poll object recording each positive timeout (a nap) it was given."""
+
+    def __init__(self, inner: Any, naps: list[int]) -> None:
+        self._inner, self._naps = inner, naps
+
+    def poll(self, timeout: int = 0) -> Any:
+        if timeout > 0:
+            self._naps.append(timeout)
+        return self._inner.poll(timeout)
+
+
+def test_a_slow_reply_is_slept_for_until_just_before_it_is_due(
+    serve: list[Scripted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spun: list[int] = []
+    done: list[bytes] = []
+    real = _Conn._spin
+
+    def counting(self: _Conn, until_ns: int) -> None:
+        spun.append(len(done))
+        real(self, until_ns)
+
+    monkeypatch.setattr(_Conn, "_spin", counting)
+    server = scripted(serve, OK, Slow(OK, 0.3), Slow(OK, 0.3), OK)
+    transport = server.transport(spin_ns=100_000_000)
+    naps: list[int] = []
+    try:
+        done.append(transport.request("GET", "/").body)
+        conn = transport._idle[0]
+        conn._poller = _Naps(conn._poller, naps)  # type: ignore[assignment]
+        for _ in range(3):
+            done.append(transport.request("GET", "/").body)
+    finally:
+        transport.close()
+    assert done == [b"ok"] * 4 and server.connections == 1
+    # 1 was due at once: polled for 0.1 s, then slept. 2 was due ~0.3 s after it was sent:
+    # napped until 0.1 s before that, then polled. 3 was due then too: it napped, and its
+    # reply came early, which ended the nap (no polling).
+    assert spun == [0, 1, 2]
+    assert len(naps) == 2 and all(100 <= nap < 300 for nap in naps), naps
 
 
 def test_no_polling_when_it_is_off(serve: list[Scripted], monkeypatch: pytest.MonkeyPatch) -> None:

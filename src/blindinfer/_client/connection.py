@@ -554,10 +554,10 @@ def connect(
     deletes) comes from ``token`` or the BLINDINFER_OWNER_TOKEN environment variable.
     ``trust_roots`` and ``collateral_source``: see ``attest``. Behind a balancer every new
     connection is attested the same way before use; ``attest_attempts`` bounds the connections
-    tried while replicas refuse attestation (module docstring). ``spin_us``: while replies come
-    within this many microseconds, wait for the next one by polling its socket, not by
-    sleeping (a fast model answers sooner than a sleeping thread wakes); a slower reply turns
-    it off until one comes fast again; 0: never."""
+    tried while replicas refuse attestation (module docstring). ``spin_us``: a reply is
+    waited for by polling its socket from ``spin_us`` microseconds before it is due (when the
+    last reply on that connection came) to ``spin_us`` after, and by sleeping otherwise (a
+    sleeping thread wakes later than a fast reply comes); 0: always sleep."""
     base = _base_url(url)
     opts = VerifyOptions(
         _resolve_policy(policy, simulation_mode),

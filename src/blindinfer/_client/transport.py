@@ -94,7 +94,8 @@ _RECV = 65536
 # Request heads are validated and serialised once and reused: an SDK sends the same few heads
 # over and over (same model, same body size).
 _REQUEST_CACHE_SIZE = 256
-# A reply that comes within this long is waited for by polling, not sleeping (_Conn._first).
+# How long before and after a reply is due the SDK polls for it instead of sleeping
+# (_Conn._first).
 SPIN_NS = 200_000
 # The threads of this process spinning now (set.add/discard are atomic under the GIL).
 _SPINNING: set[int] = set()
@@ -275,23 +276,30 @@ class _Conn:
         self._last_wait = 0  # ns from the request's last byte to its reply's first
 
     def _first(self) -> memoryview:
-        """The first bytes of a reply. While replies on this connection come quickly (the last
-        one within ``spin_ns``), wait by polling the socket for up to that long before
-        sleeping in the kernel: a sleeping thread's wake-up costs more than a fast reply
-        takes (measured ~40-90 us per call on the 2-vCPU test VM). A reply that takes longer
-        turns it off until one comes quickly again, so a slow model costs no spinning; and
-        only one thread of the process spins at a time (several would fight over the GIL:
-        4 client threads lost 14% of their throughput)."""
+        """The first bytes of a reply, waited for by polling the socket around the time it is
+        due rather than by sleeping through it: a sleeping thread's vCPU halts, and waking it
+        costs more than a fast reply takes (measured ~40-90 us per call on the 2-vCPU test VM;
+        ~0.15 ms after an 18 ms run, `bench.timeline`). The reply is due when the last one on
+        this connection came (``_last_wait``): one due within ``spin_ns`` is polled for from
+        the start; a later one is slept for until ``spin_ns`` (to 1 ms) before it is due, then
+        polled for until ``spin_ns`` after. A reply that comes early ends the nap at once;
+        one that comes late is waited for by sleeping. Only one thread of the process polls at
+        a time (several would fight over the GIL: 4 client threads lost 14% of their
+        throughput)."""
         spin = self._spin_ns
         start = time.perf_counter_ns()
-        if spin and self._last_wait <= spin and not _SPINNING:
-            me = threading.get_ident()
-            _SPINNING.add(me)
-            try:
-                if len(_SPINNING) == 1:
-                    self._spin(start + spin)
-            finally:
-                _SPINNING.discard(me)
+        if spin:
+            due = self._last_wait if self._last_wait > spin else 0
+            nap_ms = (due - spin) // 1_000_000
+            assert self._poller is not None
+            if (nap_ms <= 0 or not self._poller.poll(nap_ms)) and not _SPINNING:
+                me = threading.get_ident()
+                _SPINNING.add(me)
+                try:
+                    if len(_SPINNING) == 1:
+                        self._spin(start + due + spin)
+                finally:
+                    _SPINNING.discard(me)
         data = self._recv()
         self._last_wait = time.perf_counter_ns() - start
         return data
