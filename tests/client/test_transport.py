@@ -572,10 +572,11 @@ def test_validated_request_heads_are_reused_only_for_the_same_request() -> None:
 # --- waiting for a reply ----------------------------------------------------------------------
 
 
-def test_fast_replies_are_polled_for_from_the_start(
-    serve: list[Scripted], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spun: list[int] = []  # the index of each request whose reply was polled for
+@pytest.fixture
+def polled(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[bytes]]:
+    """(the index of each request whose reply was polled for, the replies so far: the test
+    appends each reply's body)."""
+    spun: list[int] = []
     done: list[bytes] = []
     real = _Conn._spin
 
@@ -584,6 +585,13 @@ def test_fast_replies_are_polled_for_from_the_start(
         real(self, until_ns)
 
     monkeypatch.setattr(_Conn, "_spin", counting)
+    return spun, done
+
+
+def test_fast_replies_are_polled_for_from_the_start(
+    serve: list[Scripted], polled: tuple[list[int], list[bytes]]
+) -> None:
+    spun, done = polled
     # 0.1 s: far longer than a loopback reply takes, far shorter than the slow one's 0.4 s
     server = scripted(serve, OK, OK, Slow(OK, 0.4), OK, OK)
     transport = server.transport(spin_ns=100_000_000)
@@ -612,17 +620,9 @@ class _Naps:
 
 
 def test_a_slow_reply_is_slept_for_until_just_before_it_is_due(
-    serve: list[Scripted], monkeypatch: pytest.MonkeyPatch
+    serve: list[Scripted], polled: tuple[list[int], list[bytes]]
 ) -> None:
-    spun: list[int] = []
-    done: list[bytes] = []
-    real = _Conn._spin
-
-    def counting(self: _Conn, until_ns: int) -> None:
-        spun.append(len(done))
-        real(self, until_ns)
-
-    monkeypatch.setattr(_Conn, "_spin", counting)
+    spun, done = polled
     server = scripted(serve, OK, Slow(OK, 0.3), Slow(OK, 0.3), OK)
     transport = server.transport(spin_ns=100_000_000)
     naps: list[int] = []
