@@ -1,4 +1,5 @@
-"""``blindinfer serve`` with timeline marks, for ``bench.timeline`` (never for serving).
+"""``blindinfer`` (``serve`` and its flags) with timeline marks, for ``bench.timeline`` (never
+for serving).
 
 Wraps the protocol's parser callbacks and the endpoint's run in marks taken with
 ``time.perf_counter_ns`` (CLOCK_MONOTONIC on Linux: comparable with the client's marks), kept
@@ -68,5 +69,5 @@ if __name__ == "__main__":
     signal.signal(signal.SIGUSR1, _dump)
     from blindinfer._cli import main
 
-    sys.argv = ["blindinfer", "serve", *sys.argv[1:]]
+    sys.argv = ["blindinfer", *sys.argv[1:]]  # serve and its flags
     main()

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,10 +140,13 @@ def server(
     profile: Path | None = None,
     src: Path | None = None,
     args: Sequence[str] = (),
+    module: str = "blindinfer",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
     """A real ``blindinfer serve`` process on loopback (optionally under cProfile; ``src``:
     another checkout's ``src/`` directory, for a before/after run side by side; ``args``: more
-    ``serve`` flags)."""
+    ``serve`` flags; ``module``: what ``python -m`` runs, given ``serve`` and its flags;
+    ``env``: more environment variables)."""
     port = free_port()
     data_dir = workdir / f"data-{port}"
     log_path = workdir / f"server-{port}.log"
@@ -151,16 +154,17 @@ def server(
     if profile is not None:
         prefix += ["-m", "cProfile", "-o", str(profile)]
     cmd = [
-        *prefix, "-m", "blindinfer", "serve",
+        *prefix, "-m", module, "serve",
         "--data-dir", str(data_dir), "--port", str(port), "--owner-token", TOKEN,
         "--log-level", "warning", "--no-demo-model", "--intra-op-threads", str(intra_op),
         *args,
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDINFER_")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("BLINDINFER_")}
     if src is not None:
-        env["PYTHONPATH"] = str(src)
+        environ["PYTHONPATH"] = str(src)
+    environ.update(env or {})
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environ)
     srv = Server(f"https://127.0.0.1:{port}", proc, log_path)
     try:
         deadline = time.monotonic() + 60
@@ -173,10 +177,12 @@ def server(
         srv.stop()
 
 
-def connect(url: str) -> Connection:
+def connect(url: str, **options: Any) -> Connection:
+    """A simulation-mode connection with the bench owner token (``options``: more of
+    ``blindinfer.connect``'s)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureSimulationWarning)
-        return sdk_connect(url, simulation_mode=True, token=TOKEN)
+        return sdk_connect(url, simulation_mode=True, token=TOKEN, **options)
 
 
 # --- engines in process ------------------------------------------------------------------------

@@ -17,13 +17,12 @@ import json
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import blindinfer
 from bench.models import ensure_model
-from bench.run import TOKEN, server, upload_all
+from bench.run import connect, server, upload_all
 
 PAIRS = (("off", "off"), ("on", "off"), ("off", "on"), ("on", "on"))  # (server, client)
 
@@ -46,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             spin = str(args.spin_us if pair[0] == "on" else 0)
             srv = stack.enter_context(server(Path(tmp), args.intra_op, args=["--spin-us", spin]))
             upload_all(srv.url, models)
-            conns[pair] = conn = _connect(srv.url, pair[1], args.spin_us)
+            spin_us = args.spin_us if pair[1] == "on" else 0
+            conns[pair] = conn = connect(srv.url, spin_us=spin_us)
             stack.callback(conn.close)
             for m in models:
                 for _ in range(20):
@@ -65,14 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _table(report)
     return 0
-
-
-def _connect(url: str, client: str, spin_us: int) -> blindinfer.Connection:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", blindinfer.InsecureSimulationWarning)
-        return blindinfer.connect(
-            url, simulation_mode=True, token=TOKEN, spin_us=spin_us if client == "on" else 0
-        )
 
 
 def _median_ms(conn: blindinfer.Connection, name: str, inputs: Any, calls: int) -> float:

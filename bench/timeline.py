@@ -16,19 +16,13 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from tests._server import free_port, is_ready
-
-import blindinfer
 from bench.models import ensure_model
-from bench.run import TOKEN, upload_all
+from bench.run import connect, server, upload_all
 from blindinfer._client import transport
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,27 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     client: list[tuple[str, int]] = []
     _mark_client(client)
     with tempfile.TemporaryDirectory() as tmp:
-        out, port = Path(tmp) / "marks.txt", free_port()
-        cmd = [
-            sys.executable, "-m", "bench._timeline_server", "--data-dir", f"{tmp}/data",
-            "--port", str(port), "--owner-token", TOKEN, "--log-level", "warning",
-            "--no-demo-model", "--intra-op-threads", str(args.intra_op), *args.serve_args.split(),
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BLINDINFER_")}
-        env["BLINDINFER_TIMELINE_OUT"] = str(out)
-        env["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            url = f"https://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while not is_ready(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not start")
-                time.sleep(0.05)
-            upload_all(url, [model])
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", blindinfer.InsecureSimulationWarning)
-                conn = blindinfer.connect(url, simulation_mode=True, token=TOKEN)
+        out = Path(tmp) / "marks.txt"
+        env = {
+            "BLINDINFER_TIMELINE_OUT": str(out),
+            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
+        }
+        with server(
+            Path(tmp),
+            args.intra_op,
+            args=args.serve_args.split(),
+            module="bench._timeline_server",
+            env=env,
+        ) as srv:
+            upload_all(srv.url, [model])
+            conn = connect(srv.url)
             for _ in range(20):
                 conn.run_model(model.name, model.inputs)
             client.clear()
@@ -93,14 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 conn.run_model(model.name, model.inputs)
                 calls.append((start, _now()))
             conn.close()
-        finally:
-            proc.send_signal(signal.SIGUSR1)
-            proc.wait(30)
-        server = [
-            (line.split(" ", 1)[1], int(line.split(" ", 1)[0]))
-            for line in out.read_text().splitlines()
-        ]
-    _report(calls, client + server)
+            srv.process.send_signal(signal.SIGUSR1)  # the server writes its marks and exits
+            srv.process.wait(30)
+        server_marks = [_parse(line) for line in out.read_text().splitlines()]
+    _report(calls, client + server_marks)
     return 0
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import re
 import select
 import socket
@@ -48,6 +47,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from blindinfer._client.tls import VerifiedCertificates
+from blindinfer._polling import poll_until
 from blindinfer.errors import AttestationError, BindingError, BlindInferError, ConnectError
 
 log = logging.getLogger("blindinfer.client")
@@ -310,12 +310,9 @@ class _Conn:
         return self._view[: self.sock.recv_into(self._buf)]
 
     def _spin(self, until_ns: int) -> None:
-        """Poll until the socket is readable or ``until_ns``, yielding the CPU on each turn
-        (a spinner must not starve the server it waits for when both share a core)."""
+        """Poll until the socket is readable or ``until_ns``."""
         assert self._poller is not None
-        poll = self._poller.poll
-        while not poll(0) and time.perf_counter_ns() < until_ns:
-            os.sched_yield()
+        poll_until(self._poller, until_ns)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -24,12 +24,7 @@ class CoalescingTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._held is not None:
             held, self._held = self._held, None
-            if len(data) < _JOIN_BELOW:
-                self._transport.write(held + data)
-            else:
-                # A big body is not copied just to be joined: the TLS transport encrypts both
-                # pieces into its outgoing buffer and sends them in one socket write.
-                self._transport.writelines((held, data))
+            write_reply(self._transport, held, data)
             return
         if bytes(data[:5]) == b"HTTP/" and bytes(data[-4:]) == b"\r\n\r\n":
             self._held = bytes(data)
@@ -43,11 +38,6 @@ class CoalescingTransport:
             if not self._transport.is_closing():
                 self._transport.write(held)
 
-    def write_reply(self, head: bytes, body: bytes) -> None:
-        """A whole response at once (the head is not held: its body comes with it)."""
-        self._flush()
-        write_reply(self._transport, head, body)
-
     def close(self) -> None:
         self._flush()
         self._transport.close()
@@ -56,12 +46,14 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def write_reply(transport: Any, head: bytes, body: bytes) -> None:
+def write_reply(transport: Any, head: bytes, body: bytes | bytearray | memoryview) -> None:
     """Write a response's head and body in one TLS record when small, else in one socket write
-    without joining them (see ``_JOIN_BELOW``)."""
-    if isinstance(transport, CoalescingTransport):
-        transport.write_reply(head, body)
-    elif len(body) < _JOIN_BELOW:
+    without joining them: a big body is not copied just to be joined (the TLS transport
+    encrypts both pieces into its outgoing buffer and sends them in one socket write)."""
+    if isinstance(transport, CoalescingTransport):  # a whole response: nothing to hold back
+        transport._flush()
+        transport = transport._transport
+    if len(body) < _JOIN_BELOW:
         transport.write(head + body)
     else:
         transport.writelines((head, body))

@@ -226,24 +226,19 @@ class InferEndpoint:
     def finish(self, ticket: Ticket, body: bytearray, seen: oip.HeaderCache) -> Reply | None:
         """Run an admitted request inline and answer it; None when it must go to a worker
         after all (another client arrived meanwhile, or the run passed its inline limit)."""
-        model, state = ticket.model, self.state
-        model_id = model.info.model_id
+        model_id = ticket.model.info.model_id
         alone = self._alone(ticket.connections, len(body))
-        limit = self._inline_limit(model_id, len(body), alone)
-        if limit is None:
-            return None
         start = time.perf_counter()
         try:
-            reply = self._work(model, body, ticket.header_len, max_seconds=limit, seen=seen)
-        except LimitExceeded:
-            self._never_inline.add(model_id)  # the ASGI path runs it again, on a worker
-            return None
+            reply = self._inline(ticket.model, body, ticket.header_len, alone, seen)
         except Exception as exc:
             if isinstance(exc, ServerError):
-                state.metrics.record_run(model_id, time.perf_counter() - start, ok=False)
+                self.state.metrics.record_run(model_id, time.perf_counter() - start, ok=False)
             reply = error_reply(exc)
         else:
-            state.metrics.record_run(model_id, time.perf_counter() - start, ok=True)
+            if reply is None:
+                return None
+            self.state.metrics.record_run(model_id, time.perf_counter() - start, ok=True)
         self._recorder.received.inc(len(body))
         self._recorder.sent.inc(len(reply[2]))
         self._recorder.record("infer", reply[0], time.perf_counter() - ticket.start)
@@ -274,9 +269,7 @@ class InferEndpoint:
                 f"{settings.max_json_request_size} (setting max_json_request_size); send large "
                 "tensors with the binary tensor extension"
             )
-        limit = (
-            settings.max_request_size if header_len is not None else settings.max_json_request_size
-        )
+        limit = self._body_limit(header_len)
         if declared is not None and declared > limit:
             raise PayloadTooLarge(
                 f"the inference request is {declared} bytes, over the server limit of {limit}"
@@ -285,19 +278,16 @@ class InferEndpoint:
 
     async def _handle(self, scope: Scope, receive: Receive, ref: str) -> Reply:
         state = self.state
-        settings = state.settings
         model, header_len, declared = self._admitted(scope, ref)
-        limit = (
-            settings.max_request_size if header_len is not None else settings.max_json_request_size
-        )
-        direct = scope.get("extensions", {}).get(DIRECT_BODY)
+        limit = self._body_limit(header_len)
+        extensions = scope.get("extensions", {})
+        direct = extensions.get(DIRECT_BODY)
         if direct is not None:
             body = await read_direct(direct, receive, limit, "inference request")
         else:
             body = await read_limited(receive, declared, limit, "inference request")
         model_id = model.info.model_id
         start = time.perf_counter()
-        extensions = scope.get("extensions", {})
         connections = extensions.get(CONNECTIONS)
         alone = connections is not None and self._alone(connections, len(body))
         try:
@@ -309,6 +299,13 @@ class InferEndpoint:
             raise
         state.metrics.record_run(model_id, time.perf_counter() - start, ok=True)
         return reply
+
+    def _body_limit(self, header_len: int | None) -> int:
+        """The largest body: a binary-extension request may be big, a JSON one may not."""
+        settings = self.state.settings
+        return (
+            settings.max_request_size if header_len is not None else settings.max_json_request_size
+        )
 
     def _alone(self, connections: Sized, size: int) -> bool:
         """This request is all the server is doing: the only open connection on its port,
@@ -326,22 +323,38 @@ class InferEndpoint:
             return max(INLINE_MAX_SECONDS, INLINE_ALONE_CAP * typical)
         return None
 
+    def _inline(
+        self,
+        model: LoadedModel,
+        body: bytearray,
+        header_len: int | None,
+        alone: bool,
+        seen: oip.HeaderCache | None,
+    ) -> Reply | None:
+        """The reply of a run on the event loop, or None: it belongs on a worker (not inline
+        now, or it passed its inline limit: then its model never runs inline again)."""
+        model_id = model.info.model_id
+        limit = self._inline_limit(model_id, len(body), alone)
+        if limit is None:
+            return None
+        try:
+            return self._work(model, body, header_len, max_seconds=limit, seen=seen)
+        except LimitExceeded:
+            self._never_inline.add(model_id)
+            return None
+
     async def _run(
         self,
         model: LoadedModel,
         body: bytearray,
         header_len: int | None,
         receive: Receive,
-        alone: bool = False,
-        seen: oip.HeaderCache | None = None,
+        alone: bool,
+        seen: oip.HeaderCache | None,
     ) -> Reply:
-        model_id = model.info.model_id
-        limit = self._inline_limit(model_id, len(body), alone)
-        if limit is not None:
-            try:
-                return self._work(model, body, header_len, max_seconds=limit, seen=seen)
-            except LimitExceeded:
-                self._never_inline.add(model_id)  # and run it again below, on a worker
+        reply = self._inline(model, body, header_len, alone, seen)
+        if reply is not None:
+            return reply
         return await self.state.run_cancellable(
             lambda on_start: self._work(model, body, header_len, on_start, seen=seen),
             receive,

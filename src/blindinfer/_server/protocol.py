@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import select
 import struct
 import termios
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from blindinfer._polling import poll_until
 from blindinfer._server.coalesce import write_reply
 from blindinfer._wire.oip import HeaderCache
 
@@ -389,9 +389,7 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
                 if sock is None:
                     return
                 poller = self._poller = socket_poller(sock.fileno())
-            end = time.perf_counter_ns() + self._limits.spin_ns
-            while not poller.poll(0) and time.perf_counter_ns() < end:
-                os.sched_yield()
+            poll_until(poller, time.perf_counter_ns() + self._limits.spin_ns)
 
         def on_response_complete(self) -> None:
             # uvicorn arms its keep-alive timer here (timeout_keep_alive = the same timeout).

@@ -364,7 +364,7 @@ class HeaderCache:
 class _Plan:
     """What a request header that describes only binary tensors (no data, no id) says."""
 
-    inputs: tuple[tuple[str, str, tuple[int, ...], int], ...]  # name, datatype, shape, size
+    inputs: _Described
     outputs: tuple[str, ...] | None
     binary_outputs: frozenset[str] | bool
     receipt: bool
