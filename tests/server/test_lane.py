@@ -27,6 +27,7 @@ from blindinfer._tee.simulation import create as simulation_backend
 from blindinfer._wire import oip
 from tests._inproc import InProcessServer, inprocess_server
 from tests.server.test_limits import tls_socket
+from tests.server.test_shared_store import eventually
 
 pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 
@@ -219,17 +220,21 @@ def test_a_lane_reply_honours_connection_close(
 
 def test_lane_requests_are_counted(server: InProcessServer, answered: list[int]) -> None:
     _warm(server)
-    # The lane counts a request before writing its reply (the ASGI path after: a race here).
+    # The lane records a request right after writing its reply (so does the ASGI path): a
+    # client may read its reply before that, so the counts are waited for.
     _exchange(server, _binary(X))
     assert answered == [200]
     metrics = server.state.metrics
+    model_id = server.state.registry.resolve("demo").info.model_id
+    eventually(lambda: metrics.model_stats(model_id).success.count >= 1, 5)
     before = _sample(server, "blindinfer_requests_total", route="infer", status="2xx")
     bytes_in = _sample(server, "blindinfer_bytes_total", direction="in")
-    stats = metrics.model_stats(server.state.registry.resolve("demo").info.model_id)
+    stats = metrics.model_stats(model_id)
     runs = stats.success.count
     request = _binary(X)
     _exchange(server, request, request, REQUESTS["wrong shape"])
     assert answered == [200, 200, 200, 400]
+    eventually(lambda: _sample(server, "blindinfer_requests_total", route="infer", status="4xx"), 5)
     assert _sample(server, "blindinfer_requests_total", route="infer", status="2xx") == before + 2
     assert _sample(server, "blindinfer_requests_total", route="infer", status="4xx") == 1
     body_len = len(request) - request.index(b"\r\n\r\n") - 4

@@ -49,6 +49,10 @@ class Lane(Protocol):
 
     def finish(self, ticket: Any, body: bytearray, seen: HeaderCache) -> Reply | None: ...
 
+    def done(self, ticket: Any, reply: Reply) -> None:
+        """Called once ``finish``'s reply is written (metrics)."""
+        ...
+
     def idle(self) -> bool:
         """Nothing is running or queued on the workers."""
         ...
@@ -355,6 +359,7 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
             if not keep_alive:
                 self.transport.close()
             self.on_response_complete()
+            lane.done(ticket, reply)
             if keep_alive:
                 self._spin_soon()
 
