@@ -198,7 +198,7 @@ def serve(
     ] = None,
     spin_us: Annotated[
         int | None,
-        typer.Option(help="poll a lone client's socket this long after a reply, us; 0: off [200]"),
+        typer.Option(help="poll a lone client's socket this long after a reply, us; 0: off [500]"),
     ] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(help="onnxruntime threads per inference [1]")

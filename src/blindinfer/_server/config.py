@@ -140,7 +140,7 @@ class Settings(BaseModel):
     )
     max_connections: int = Field(4096, gt=0, description="most open connections per port")
     spin_us: int = Field(
-        200,
+        500,
         ge=0,
         le=10_000,
         description="after answering the only client on the port, poll its socket this long "
