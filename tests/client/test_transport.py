@@ -652,3 +652,65 @@ def test_no_polling_when_it_is_off(serve: list[Scripted], monkeypatch: pytest.Mo
     finally:
         transport.close()
     assert spun == []
+
+
+# --- warming the reply's parsing up while a slow reply is awaited ------------------------------
+
+
+def _reply(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body)
+
+
+def test_the_last_reply_is_parsed_again_before_a_slow_one_is_due(serve: list[Scripted]) -> None:
+    replies = [_reply(b"first"), Slow(_reply(b"second"), 0.3), Slow(_reply(b"third"), 0.3)]
+    server = scripted(serve, *replies, _reply(b"fourth"), _reply(b"fifth"))
+    transport = server.transport(spin_ns=100_000_000)
+    warmed: list[tuple[int, bytes]] = []
+    got: list[bytes] = []
+    try:
+        for _ in range(4):
+            reply = transport.request(
+                "GET", "/", warm=lambda r: warmed.append((r.status, bytes(r.body)))
+            )
+            got.append(bytes(reply.body))
+        # A request that asks for no warm-up leaves none behind for the next one.
+        transport.request("GET", "/")
+        assert transport._idle[0].warm is None
+    finally:
+        transport.close()
+    assert got == [b"first", b"second", b"third", b"fourth"] and server.connections == 1
+    # 1 was due at once (no nap, nothing to warm); 2 was due 0.3 s after it was sent: it napped,
+    # then the reply before it ("second") was parsed again while it was awaited; 3 came early
+    # from its nap (no warm-up: the caches are only cold after a long wait).
+    assert warmed == [(200, b"second")]
+
+
+def test_a_failing_warm_up_does_not_fail_the_request(serve: list[Scripted]) -> None:
+    server = scripted(serve, OK, Slow(OK, 0.3), Slow(OK, 0.3))
+    transport = server.transport(spin_ns=100_000_000)
+    calls: list[int] = []
+
+    def broken(reply: Reply) -> None:
+        calls.append(reply.status)
+        raise ValueError("a warm-up that fails")
+
+    try:
+        assert [transport.request("GET", "/", warm=broken).body for _ in range(3)] == [b"ok"] * 3
+    finally:
+        transport.close()
+    assert calls == [200] and server.connections == 1
+
+
+def test_only_a_whole_successful_reply_is_kept_for_a_warm_up(serve: list[Scripted]) -> None:
+    missing = _reply(b'{"error":"no such model"}', b"404 Not Found")
+    pieces = Late(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", b"cde")
+    server = scripted(serve, OK, missing, pieces, OK)
+    transport = server.transport(spin_ns=0)
+    kept: list[bool] = []
+    try:
+        for _ in range(4):
+            transport.request("GET", "/", warm=lambda r: None)
+            kept.append(transport._idle[0].warm is not None)
+    finally:
+        transport.close()
+    assert kept == [True, False, False, True]
