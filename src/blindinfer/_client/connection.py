@@ -338,15 +338,9 @@ class Connection:
         headers: Mapping[str, str] | None = None,
         *,
         idempotent: bool = False,
-        warm: Callable[[Reply], object] | None = None,
     ) -> Reply:
         reply = self._transport.request(
-            method,
-            path,
-            body,
-            {**self._auth, **(headers or {})},
-            idempotent=idempotent,
-            warm=warm,
+            method, path, body, {**self._auth, **(headers or {})}, idempotent=idempotent
         )
         _raise_for(reply)
         return reply
@@ -489,23 +483,17 @@ class Connection:
                 "content-length": str(size),
             },
             idempotent=True,  # a run changes nothing on the server: safe to send again
-            warm=None if receipt else self._outputs,
         )
-        if not receipt:
-            return self._outputs(reply)
         raw_len = reply.headers.get(oip.HEADER_LENGTH)
         header_len_out = int(raw_len) if raw_len else None
+        if not receipt:
+            return oip.parse_infer_response(reply.body, header_len_out, self._headers)
         result, params = oip.parse_infer_response_parameters(reply.body, header_len_out)
         try:
             bundle = base64.b64decode(params["receipt"], validate=True)
         except (KeyError, TypeError, ValueError) as exc:
             raise BlindInferError("the server sent no receipt (or a malformed one)") from exc
         return Outputs(result, bundle)
-
-    def _outputs(self, reply: Reply) -> dict[str, np.ndarray]:
-        raw_len = reply.headers.get(oip.HEADER_LENGTH)
-        header_len = int(raw_len) if raw_len else None
-        return oip.parse_infer_response(reply.body, header_len, self._headers)
 
 
 class _FileBody:

@@ -100,9 +100,6 @@ SPIN_NS = 200_000
 # The threads of this process spinning now (set.add/discard are atomic under the GIL).
 _SPINNING: set[int] = set()
 _SMALL_BODY = 65536  # a body below this goes out with its head in one write (one TLS record)
-# A reply that arrived whole in one read of at most this many bytes is kept for the next wait's
-# warm-up (_Conn._first).
-_WARM_MAX = 16384
 # A reply body with at least this much still to come is read into one buffer, not record by
 # record through the parser and joined (a BERT-sized 128 KiB output: 8 records, 2 copies less).
 _DIRECT_BODY = 32768
@@ -277,9 +274,6 @@ class _Conn:
         self._view = memoryview(self._buf)
         self._spin_ns = spin_ns if self._poller is not None else 0
         self._last_wait = 0  # ns from the request's last byte to its reply's first
-        # Replays the last reply's parsing while the next one is awaited (``_first``).
-        self.warm: Callable[[], object] | None = None
-        self.last_whole: bytes | None = None  # the last reply, when it came in one read
 
     def _first(self) -> memoryview:
         """The first bytes of a reply, waited for by polling the socket around the time it is
@@ -298,10 +292,7 @@ class _Conn:
             due = self._last_wait if self._last_wait > spin else 0
             nap_ms = (due - spin) // 1_000_000
             assert self._poller is not None
-            napped = nap_ms > 0 and not self._poller.poll(nap_ms)
-            if napped and self.warm is not None:
-                self._warm(self.warm)
-            if (nap_ms <= 0 or napped) and not _SPINNING:
+            if (nap_ms <= 0 or not self._poller.poll(nap_ms)) and not _SPINNING:
                 me = threading.get_ident()
                 _SPINNING.add(me)
                 try:
@@ -312,19 +303,6 @@ class _Conn:
         data = self._recv()
         self._last_wait = time.perf_counter_ns() - start
         return data
-
-    @staticmethod
-    def _warm(warm: Callable[[], object]) -> None:
-        """Bring the reply's parsing back into the CPU caches before it is due, by parsing the
-        last reply on this connection again (results discarded). After a nap of a slow
-        model's run, the caches hold the other processes' data: the same code then took
-        156 us from a ResNet-18 reply's first bytes to ``run_model``'s return, 72 us after
-        this (bench.timeline, bench/README.md "Fourth pass"). It runs on bytes already parsed
-        once, so it cannot fail; if it did, the wait goes on without it."""
-        try:
-            warm()
-        except Exception as exc:  # a warm-up must never fail a request; its text could quote data
-            log.debug("reply warm-up failed: %s", type(exc).__name__)
 
     def _recv(self) -> memoryview:
         """The next bytes of the reply (empty at EOF), valid until the next read: the parser
@@ -402,17 +380,12 @@ class _Conn:
         data = self._first()
         if not data:
             raise _Closed("the server closed the connection")
-        self.last_whole = None
-        first = True
         head = 0
         body: bytes | bytearray | None = None
         while True:
             reply.feed(data)
             if reply.done:
-                if first and len(data) <= _WARM_MAX:
-                    self.last_whole = bytes(data)  # the whole reply, for the next warm-up
                 break
-            first = False
             if not reply.in_body:
                 head += len(data)
                 if head > _MAX_HEADER:
@@ -676,12 +649,10 @@ class Transport:
         peer_certificate: bool = False,
         max_body: int | None = None,
         idempotent: bool = False,
-        warm: Callable[[Reply], object] | None = None,
     ) -> Reply:
         """Send one request; a stale pooled connection is replaced once, transparently, and an
         ``idempotent`` request whose connection is lost (or cannot be opened) is sent once more
-        on another connection (attested first when new). ``warm``: what the caller does with
-        a successful reply, replayed on it while the connection's next reply is awaited."""
+        on another connection (attested first when new)."""
         event = self._request_event(method, path, body, headers)
         limit = _MAX_BODY if max_body is None else max_body
         replayable = not _is_iterator(body)
@@ -712,10 +683,6 @@ class Transport:
                 conn.close()
                 raise BlindInferError(f"request to {self.base_url}{path} failed: {exc}") from exc
             peer = conn.sock.getpeercert(True) if peer_certificate else None
-            whole = conn.last_whole
-            conn.warm = None
-            if warm is not None and whole is not None and status == 200 and reusable:
-                conn.warm = functools.partial(_replay, whole, event.method, warm)
             if reusable:
                 self._give(conn)
             else:
@@ -728,13 +695,6 @@ class Transport:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-def _replay(raw: bytes, method: bytes, then: Callable[[Reply], object]) -> None:
-    """Parse a reply received before (all of it in ``raw``) again and hand it to ``then``."""
-    parse = _Parse(len(raw), method == b"HEAD")
-    parse.feed(raw)
-    then(Reply(parse.status, parse.headers, parse.joined()))
 
 
 def _is_iterator(body: object) -> bool:
