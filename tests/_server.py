@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +96,14 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10.0) -> float:
+    """Wait until ``check()`` holds (polled every 0.1 s); the seconds it took, or an
+    AssertionError past ``seconds``."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"not within {seconds} s")

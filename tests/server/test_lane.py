@@ -26,8 +26,8 @@ from blindinfer._server.infer import InferEndpoint
 from blindinfer._tee.simulation import create as simulation_backend
 from blindinfer._wire import oip
 from tests._inproc import InProcessServer, inprocess_server
+from tests._server import eventually
 from tests.server.test_limits import tls_socket
-from tests.server.test_shared_store import eventually
 
 pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 
@@ -226,8 +226,8 @@ def test_lane_requests_are_counted(
     recorded: list[int] = []
     done = InferEndpoint.done
 
-    def spy(self: InferEndpoint, ticket: Any, reply: Any) -> None:
-        done(self, ticket, reply)
+    def spy(self: InferEndpoint, ticket: Any, received: int, reply: Any) -> None:
+        done(self, ticket, received, reply)
         recorded.append(reply[0])
 
     monkeypatch.setattr(InferEndpoint, "done", spy)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 import blindinfer
 from blindinfer._client.connection import Connection, connect
-from tests._server import ServerProcess, start_server
+from tests._server import ServerProcess, eventually, start_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::blindinfer.InsecureSimulationWarning")
 
@@ -44,15 +43,6 @@ def replicas(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
             b.stop()
     finally:
         a.stop()
-
-
-def eventually(check: Callable[[], bool], seconds: float = 10.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if check():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds} s")
 
 
 def test_upload_via_one_replica_runs_on_the_other(

@@ -239,15 +239,15 @@ class InferEndpoint:
             if reply is None:
                 return None
             ticket.run = (time.perf_counter() - start, True)
-        ticket.received = len(body)
         return reply
 
-    def done(self, ticket: Ticket, reply: Reply) -> None:
-        """Record a request the protocol answered (its reply is written: the run's cold
-        caches make this bookkeeping cost ~40 us, which the client need not wait for)."""
+    def done(self, ticket: Ticket, received: int, reply: Reply) -> None:
+        """Record a request the protocol answered with ``reply`` to a body of ``received``
+        bytes, once the reply is written: the run's cold caches make this bookkeeping cost
+        ~40 us, which the client need not wait for."""
         if ticket.run is not None:
             self.state.metrics.record_run(ticket.model.info.model_id, *ticket.run)
-        self._recorder.received.inc(ticket.received)
+        self._recorder.received.inc(received)
         self._recorder.sent.inc(len(reply[2]))
         self._recorder.record("infer", reply[0], time.perf_counter() - ticket.start)
 
@@ -377,7 +377,6 @@ class Ticket:
     connections: Sized  # the listener's open connections (a live set)
     start: float
     run: tuple[float, bool] | None = None  # the run's seconds and success, for ``done``
-    received: int = 0
 
 
 def error_reply(exc: Exception) -> Reply:

@@ -43,14 +43,15 @@ class Lane(Protocol):
     ``admit`` looks at a request whose head has arrived (and whose body will land in a
     ``DirectBody``) and returns a ticket, or None to send it down the ASGI path. ``finish``
     gets the whole body and returns the reply, or None: the ASGI path serves it after all
-    (nothing has been written). Both run on the event loop, and must not block it for long."""
+    (nothing has been written); ``done`` is told once that reply is written. All run on the
+    event loop, and must not block it for long."""
 
     def admit(self, scope: dict[str, Any], connections: Sized) -> object | None: ...
 
     def finish(self, ticket: Any, body: bytearray, seen: HeaderCache) -> Reply | None: ...
 
-    def done(self, ticket: Any, reply: Reply) -> None:
-        """Called once ``finish``'s reply is written (metrics)."""
+    def done(self, ticket: Any, received: int, reply: Reply) -> None:
+        """``finish``'s reply to a body of ``received`` bytes is written (metrics)."""
         ...
 
     def idle(self) -> bool:
@@ -341,8 +342,9 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
         def _answer(self, direct: DirectBody, ticket: object, cycle: Any, app: Any) -> None:
             """Serve a request the lane admitted: the reply, or the ASGI path after all."""
             assert lane is not None  # only admitted tickets come here
+            request_body = direct.body()
             try:
-                reply = lane.finish(ticket, direct.body(), self._headers)
+                reply = lane.finish(ticket, request_body, self._headers)
             except Exception as exc:  # the lane's own failure: the type only, never the text
                 log.error("internal error in the inference lane: %s", type(exc).__name__)
                 reply = _INTERNAL_ERROR
@@ -359,7 +361,7 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
             if not keep_alive:
                 self.transport.close()
             self.on_response_complete()
-            lane.done(ticket, reply)
+            lane.done(ticket, len(request_body), reply)
             if keep_alive:
                 self._spin_soon()
 
