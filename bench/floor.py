@@ -1,0 +1,270 @@
+"""The floor under any TLS model server on this machine: the same run behind the thinnest TLS
+server possible, side by side with ``blindinfer serve`` and in-process onnxruntime.
+
+    .venv/bin/python -m bench.floor --model resnet18 --rounds 30
+
+The thin server (``--serve``, a child process) is a loop and nothing else: TLS 1.3 on
+loopback, the request's raw input bytes read straight into a preallocated array, the same
+onnxruntime session as in-process (``bench.run.ort_session``), the raw output bytes written
+back. No HTTP, no framing, no checks, no attestation; the client sends the arrays' own
+buffers and reads into a preallocated buffer. It is not something to serve with: it is what
+moving the request and the reply through TLS and two processes costs by itself, so that the
+real server's overhead can be split into "transport" (thin - in-process) and "everything
+else" (blindinfer - thin). Calls to both servers and in-process runs alternate in blocks of
+ten, the order rotating every round, so slow drifts of the shared machine hit all three
+alike. Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import select
+import signal
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bench.models import ensure_model
+from bench.run import connect, ort_session, server, upload_all
+from bench.timeline import _parse, _spans
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_BLOCK = 10
+_RUN = struct.Struct("<Q")  # the thin server's own run time, ns, after each reply
+_now = time.perf_counter_ns
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway P-256 certificate for 127.0.0.1 (the key kind blindinfer's TLS uses)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _read_exactly(sock: ssl.SSLSocket, view: memoryview, spin_ns: int = 30_000_000) -> None:
+    """Read ``view`` full, polling the non-blocking socket for up to ``spin_ns`` before
+    sleeping in ``select``: a blocking read pays a wake-up per TLS record here (~1.8 ms more
+    per 600 KB request on this VM), and blindinfer polls too; the sleep keeps an idle thin
+    server off the CPU while the other variants run."""
+    got, idle_since = 0, _now()
+    while got < len(view):
+        try:
+            n = sock.recv_into(view[got:])
+        except ssl.SSLWantReadError:
+            if _now() - idle_since > spin_ns:
+                select.select([sock], [], [])
+                idle_since = _now()
+            continue
+        idle_since = _now()
+        if n == 0:
+            raise EOFError
+        got += n
+
+
+def _send_all(sock: ssl.SSLSocket, data: memoryview) -> None:
+    sent = 0
+    while sent < len(data):
+        try:
+            sent += sock.send(data[sent:])
+        except ssl.SSLWantWriteError:
+            continue
+
+
+def serve(model_name: str, intra_op: int, cert: Path, key: Path) -> None:
+    """The thin server: one connection, then request bytes in, run, reply bytes out."""
+    model = ensure_model(model_name)
+    session = ort_session(model, intra_op)
+    arrays = {name: np.empty_like(a) for name, a in model.inputs.items()}
+    views = [memoryview(a).cast("B") for a in arrays.values()]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    raw, _ = listener.accept()
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with ctx.wrap_socket(raw, server_side=True) as sock:
+        sock.setblocking(False)
+        try:
+            while True:
+                for view in views:
+                    _read_exactly(sock, view, spin_ns=500_000)  # blindinfer serve --spin-us 500
+                started = _now()
+                outputs = session.run(None, arrays)
+                ran = _now() - started
+                reply = b"".join(o.tobytes() for o in outputs) + _RUN.pack(ran)
+                _send_all(sock, memoryview(reply))
+        except EOFError:
+            pass
+
+
+class ThinClient:
+    def __init__(self, port: int, model_name: str, intra_op: int) -> None:
+        model = ensure_model(model_name)
+        session = ort_session(model, intra_op)
+        self.inputs = [memoryview(np.ascontiguousarray(a)).cast("B") for a in model.inputs.values()]
+        self.reply = bytearray(sum(o.nbytes for o in session.run(None, model.inputs)) + _RUN.size)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # a benchmark on loopback: the cost, not the trust
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = ctx.wrap_socket(raw)
+        self.sock.setblocking(False)
+        self.runs: list[int] = []
+        self.sends: list[int] = []
+
+    def call(self) -> None:
+        started = _now()
+        for view in self.inputs:
+            _send_all(self.sock, view)
+        self.sends.append(_now() - started)
+        _read_exactly(self.sock, memoryview(self.reply))
+        self.runs.append(_RUN.unpack_from(self.reply, len(self.reply) - _RUN.size)[0])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--rounds", type=int, default=30, help="rounds of 10 calls per variant")
+    ap.add_argument("--intra-op", type=int, default=1)
+    ap.add_argument(
+        "--sdk-spin-us",
+        default="",
+        help="comma-separated: more blindinfer variants, each its own connection with this "
+        "SDK spin_us (how long around a reply's due time the SDK polls instead of sleeping)",
+    )
+    ap.add_argument("--serve", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        serve(args.model, args.intra_op, Path(args.serve[0]), Path(args.serve[1]))
+        return 0
+    model = ensure_model(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _self_signed(Path(tmp))
+        cmd = [
+            sys.executable, "-m", "bench.floor", "--model", args.model,
+            "--intra-op", str(args.intra_op), "--serve", str(cert), str(key),
+        ]  # fmt: skip
+        thin_proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        try:
+            assert thin_proc.stdout is not None
+            thin = ThinClient(int(thin_proc.stdout.readline()), args.model, args.intra_op)
+            marks = Path(tmp) / "marks.txt"
+            env = {
+                "BLINDINFER_TIMELINE_OUT": str(marks),
+                "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
+            }
+            with server(Path(tmp), args.intra_op, module="bench._timeline_server", env=env) as srv:
+                upload_all(srv.url, [model])
+                conn = connect(srv.url)
+                session = ort_session(model, args.intra_op)
+                variants: dict[str, Callable[[], object]] = {
+                    "in-process": lambda: session.run(None, model.inputs),
+                    "thin TLS server": thin.call,
+                    "blindinfer": lambda: conn.run_model(model.name, model.inputs),
+                }
+                more = [
+                    connect(srv.url, spin_us=int(us)) for us in args.sdk_spin_us.split(",") if us
+                ]
+                for other in more:
+                    variants[f"blindinfer spin {other._transport._spin_ns // 1000} us"] = (
+                        lambda c=other: c.run_model(model.name, model.inputs)
+                    )
+                began = _now()
+                times = _measure(variants, args.rounds)
+                for c in [conn, *more]:
+                    c.close()
+                srv.process.send_signal(signal.SIGUSR1)  # it writes its marks and exits
+                srv.process.wait(30)
+            server_marks = [_parse(line) for line in marks.read_text().splitlines()]
+            served = _spans(
+                [m for m in server_marks if m[1] >= began], "server run start", "server run end"
+            )
+            thin.close()
+        finally:
+            thin_proc.wait(30)
+    n = len(times["thin TLS server"])
+    _report(times, thin.runs[-n:], thin.sends[-n:], served)
+    return 0
+
+
+def _measure(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[int]]:
+    names = list(variants)
+    for fn in variants.values():
+        for _ in range(_BLOCK):
+            fn()
+    times: dict[str, list[int]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = variants[name]
+            for _ in range(_BLOCK):
+                started = _now()
+                fn()
+                times[name].append(_now() - started)
+    return times
+
+
+def _report(
+    times: dict[str, list[int]], thin_runs: list[int], thin_sends: list[int], served: list[int]
+) -> None:
+    p50 = {name: statistics.median(t) / 1e6 for name, t in times.items()}
+    local = p50["in-process"]
+    for name, t in times.items():
+        by_pos = [statistics.median(t[i::_BLOCK]) / 1e6 for i in range(_BLOCK)]
+        print(f"{name:24s} by position in block: " + " ".join(f"{x:.2f}" for x in by_pos))
+    for name, ms in p50.items():
+        print(f"{name:24s} p50 {ms:8.3f} ms  {ms / local:.3f}x in-process  +{ms - local:.3f} ms")
+    thin_run = statistics.median(thin_runs) / 1e6
+    own = statistics.median(served) / 1e6
+    print(
+        f"\nthe thin server's own run: {thin_run:.3f} ms "
+        f"(thin call - its run: {p50['thin TLS server'] - thin_run:.3f} ms; "
+        f"sending the request: {statistics.median(thin_sends) / 1e6:.3f} ms)\n"
+        f"blindinfer's own run (registry.run, all its variants): {own:.3f} ms "
+        f"(blindinfer call - its run: {p50['blindinfer'] - own:.3f} ms)\n"
+        f"blindinfer - thin server: {p50['blindinfer'] - p50['thin TLS server']:+.3f} ms"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
