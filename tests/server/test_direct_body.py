@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,19 @@ def _status(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
 
 
+def _read_reply(sock: ssl.SSLSocket, data: bytes) -> tuple[np.ndarray, bytes]:
+    """The next 200 reply's output (after ``data`` already read) and the bytes past it."""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head_end = data.index(b"\r\n\r\n") + 4
+    length = int(data.split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(data) < head_end + length:
+        data += sock.recv(1 << 20)
+    assert _status(data) == 200
+    out = json.loads(data[head_end : head_end + length])["outputs"][0]
+    return np.array(out["data"], np.float32).reshape(out["shape"]), data[head_end + length :]
+
+
 def test_big_batch_matches_the_sdk_and_in_process(server: ServerProcess) -> None:
     x = np.random.default_rng(3).standard_normal((20000, 4)).astype(np.float32)  # 320 KB
     with blindinfer.connect(server.url, simulation_mode=True) as conn:
@@ -64,16 +78,7 @@ def test_big_batch_matches_the_sdk_and_in_process(server: ServerProcess) -> None
             sock.sendall(head)
             for i in range(0, len(body), 7000):  # many small pieces
                 sock.sendall(body[i : i + 7000])
-            reply = b""
-            while b"\r\n\r\n" not in reply:
-                reply += sock.recv(65536)
-            head_end = reply.index(b"\r\n\r\n") + 4
-            length = int(reply.split(b"content-length: ")[1].split(b"\r\n")[0])
-            while len(reply) < head_end + length:
-                reply += sock.recv(1 << 20)
-            assert _status(reply) == 200
-            out = json.loads(reply[head_end : head_end + length])["outputs"][0]
-            got = np.array(out["data"], np.float32).reshape(out["shape"])
+            got, _ = _read_reply(sock, b"")
             np.testing.assert_array_equal(got, expected)
 
 
@@ -190,14 +195,5 @@ def test_pipelined_big_bodies_each_end_where_declared(server: ServerProcess) -> 
         sock.sendall(stream)
         data = b""
         for want in expected:
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(65536)
-            head_end = data.index(b"\r\n\r\n") + 4
-            length = int(data.split(b"content-length: ")[1].split(b"\r\n")[0])
-            while len(data) < head_end + length:
-                data += sock.recv(1 << 20)
-            assert _status(data) == 200
-            out = json.loads(data[head_end : head_end + length])["outputs"][0]
-            got = np.array(out["data"], np.float32).reshape(out["shape"])
+            got, data = _read_reply(sock, data)
             np.testing.assert_array_equal(got, want)
-            data = data[head_end + length :]
