@@ -1,20 +1,21 @@
 """The floor under any TLS model server on this machine: the same run behind the thinnest TLS
 server possible, side by side with ``blindinfer serve`` and in-process onnxruntime.
 
-    .venv/bin/python -m bench.floor --model resnet18 --rounds 30
+    .venv/bin/python -m bench.floor --model resnet18 --seconds 3 --rounds 12
 
 The thin server (``--serve``, a child process) is a loop and nothing else: TLS 1.3 on
 loopback, the request's raw input bytes read straight into a preallocated array, the same
 onnxruntime session as in-process (``bench.run.ort_session``), the raw output bytes written
 back. No HTTP, no framing, no checks, no attestation; the client sends the arrays' own
-buffers and reads into a preallocated buffer. It is not something to serve with: it is what
-moving the request and the reply through TLS and two processes costs by itself, so that the
-real server's overhead can be split into "transport" (thin - in-process) and "everything
-else" (blindinfer - thin). Calls to both servers and in-process runs alternate in blocks of
-ten, the order rotating every round, so slow drifts of the shared machine hit all three
-alike. Meant for big requests (ResNet-18, BERT-shaped): on the MLP the thin server is slower
-than blindinfer (+0.54 ms, not investigated), so it is no floor there. Not a test: nothing
-here asserts a time.
+buffers and reads into a preallocated buffer, and both sides poll their non-blocking sockets
+as blindinfer does. ``bench.wakeup``'s last line measures a floor too, with a stand-in
+compute and a uvloop server that sleeps between reads; this one runs the real model and
+measures the thin server, blindinfer and in-process onnxruntime in the same minutes
+(``bench.run.interleaved``: short slices in turn, the order rotating), so that the real
+server's overhead splits into "transport" (thin - in-process) and "everything else"
+(blindinfer - thin). Meant for big requests (ResNet-18, BERT-shaped): on the MLP the thin
+server is slower than blindinfer (+0.54 ms, not investigated), so it is no floor there.
+Not a test: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -31,19 +32,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bench.models import ensure_model
-from bench.run import connect, ort_session, server, upload_all
+from bench.run import Runner, connect, interleaved, ort_session, server, upload_all
 from bench.timeline import _parse, _spans
 from blindinfer._server.tls import generate_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_BLOCK = 10
 _RUN = struct.Struct("<Q")  # the thin server's own run time, ns, after each reply
 _now = time.perf_counter_ns
 
@@ -115,11 +114,9 @@ def serve(model_name: str, intra_op: int, cert: Path, key: Path) -> None:
 
 
 class ThinClient:
-    def __init__(self, port: int, model_name: str, intra_op: int) -> None:
-        model = ensure_model(model_name)
-        session = ort_session(model, intra_op)
-        self.inputs = [memoryview(np.ascontiguousarray(a)).cast("B") for a in model.inputs.values()]
-        self.reply = bytearray(sum(o.nbytes for o in session.run(None, model.inputs)) + _RUN.size)
+    def __init__(self, port: int, inputs: dict[str, np.ndarray], reply_size: int) -> None:
+        self.inputs = [memoryview(np.ascontiguousarray(a)).cast("B") for a in inputs.values()]
+        self.reply = bytearray(reply_size + _RUN.size)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # a benchmark on loopback: the cost, not the trust
@@ -145,20 +142,17 @@ class ThinClient:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--rounds", type=int, default=30, help="rounds of 10 calls per variant")
+    ap.add_argument("--seconds", type=float, default=3.0, help="budget per variant")
+    ap.add_argument("--rounds", type=int, default=12, help="slices per variant")
     ap.add_argument("--intra-op", type=int, default=1)
-    ap.add_argument(
-        "--sdk-spin-us",
-        default="",
-        help="comma-separated: more blindinfer variants, each its own connection with this "
-        "SDK spin_us (how long around a reply's due time the SDK polls instead of sleeping)",
-    )
     ap.add_argument("--serve", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         serve(args.model, args.intra_op, Path(args.serve[0]), Path(args.serve[1]))
         return 0
     model = ensure_model(args.model)
+    session = ort_session(model, args.intra_op)
+    reply_size = sum(o.nbytes for o in session.run(None, model.inputs))
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = _self_signed(Path(tmp))
         cmd = [
@@ -168,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         thin_proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
         try:
             assert thin_proc.stdout is not None
-            thin = ThinClient(int(thin_proc.stdout.readline()), args.model, args.intra_op)
+            thin = ThinClient(int(thin_proc.stdout.readline()), model.inputs, reply_size)
             marks = Path(tmp) / "marks.txt"
             env = {
                 "BLINDINFER_TIMELINE_OUT": str(marks),
@@ -176,24 +170,20 @@ def main(argv: list[str] | None = None) -> int:
             }
             with server(Path(tmp), args.intra_op, module="bench._timeline_server", env=env) as srv:
                 upload_all(srv.url, [model])
+                # One connection only: a second one on the port turns the server's polling for a
+                # lone client off (bench.spin compares the polling settings).
                 conn = connect(srv.url)
-                session = ort_session(model, args.intra_op)
-                variants: dict[str, Callable[[], object]] = {
+                variants: dict[str, Runner] = {
                     "in-process": lambda: session.run(None, model.inputs),
                     "thin TLS server": thin.call,
                     "blindinfer": lambda: conn.run_model(model.name, model.inputs),
                 }
-                more = [
-                    connect(srv.url, spin_us=int(us)) for us in args.sdk_spin_us.split(",") if us
-                ]
-                for other in more:
-                    variants[f"blindinfer spin {other._transport._spin_ns // 1000} us"] = (
-                        lambda c=other: c.run_model(model.name, model.inputs)
-                    )
                 began = _now()
-                times = _measure(variants, args.rounds)
-                for c in [conn, *more]:
-                    c.close()
+                p50 = {
+                    name: row["p50_ms"]
+                    for name, row in interleaved(variants, args.seconds, args.rounds, 1.0).items()
+                }
+                conn.close()
                 srv.process.send_signal(signal.SIGUSR1)  # it writes its marks and exits
                 srv.process.wait(30)
             server_marks = [_parse(line) for line in marks.read_text().splitlines()]
@@ -203,44 +193,25 @@ def main(argv: list[str] | None = None) -> int:
             thin.close()
         finally:
             thin_proc.wait(30)
-    n = len(times["thin TLS server"])
-    _report(times, thin.runs[-n:], thin.sends[-n:], served)
+    _report(p50, thin.runs, thin.sends, served)
     return 0
 
 
-def _measure(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[int]]:
-    names = list(variants)
-    for fn in variants.values():
-        for _ in range(_BLOCK):
-            fn()
-    times: dict[str, list[int]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = variants[name]
-            for _ in range(_BLOCK):
-                started = _now()
-                fn()
-                times[name].append(_now() - started)
-    return times
-
-
 def _report(
-    times: dict[str, list[int]], thin_runs: list[int], thin_sends: list[int], served: list[int]
+    p50: dict[str, float], thin_runs: list[int], thin_sends: list[int], served: list[int]
 ) -> None:
-    p50 = {name: statistics.median(t) / 1e6 for name, t in times.items()}
+    """Each variant's median call against in-process, and each server's call against its own
+    run (medians over every call, warm-up included: a few of several hundred)."""
     local = p50["in-process"]
-    for name, t in times.items():
-        by_pos = [statistics.median(t[i::_BLOCK]) / 1e6 for i in range(_BLOCK)]
-        print(f"{name:24s} by position in block: " + " ".join(f"{x:.2f}" for x in by_pos))
     for name, ms in p50.items():
-        print(f"{name:24s} p50 {ms:8.3f} ms  {ms / local:.3f}x in-process  +{ms - local:.3f} ms")
+        print(f"{name:16s} p50 {ms:8.3f} ms  {ms / local:.3f}x in-process  +{ms - local:.3f} ms")
     thin_run = statistics.median(thin_runs) / 1e6
     own = statistics.median(served) / 1e6
     print(
         f"\nthe thin server's own run: {thin_run:.3f} ms "
         f"(thin call - its run: {p50['thin TLS server'] - thin_run:.3f} ms; "
         f"sending the request: {statistics.median(thin_sends) / 1e6:.3f} ms)\n"
-        f"blindinfer's own run (registry.run, all its variants): {own:.3f} ms "
+        f"blindinfer's own run (registry.run): {own:.3f} ms "
         f"(blindinfer call - its run: {p50['blindinfer'] - own:.3f} ms)\n"
         f"blindinfer - thin server: {p50['blindinfer'] - p50['thin TLS server']:+.3f} ms"
     )

@@ -10,6 +10,18 @@ from __future__ import annotations
 import os
 import select
 import time
+from typing import Protocol
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+def socket_poller(sock: int | _HasFileno) -> select.poll:
+    """A poll object watching ``sock`` (a socket or its descriptor) for input."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return poller
 
 
 def poll_until(poller: select.poll, until_ns: int) -> None:

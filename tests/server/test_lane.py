@@ -9,7 +9,6 @@ answered."""
 from __future__ import annotations
 
 import json
-import select
 import ssl
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 
 import blindinfer
 from blindinfer._engine.demo import demo_reference
+from blindinfer._polling import socket_poller
 from blindinfer._server import protocol
 from blindinfer._server.infer import InferEndpoint
 from blindinfer._tee.simulation import create as simulation_backend
@@ -267,8 +267,7 @@ class _CountingPoller:
     """A poll object that records each poll's timeout."""
 
     def __init__(self, fd: int, polled: list[int]) -> None:
-        self._poll = select.poll()
-        self._poll.register(fd, select.POLLIN)
+        self._poll = socket_poller(fd)
         self._polled = polled
 
     def poll(self, timeout: int) -> list[tuple[int, int]]:

@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from blindinfer._client.tls import VerifiedCertificates
-from blindinfer._polling import poll_until
+from blindinfer._polling import poll_until, socket_poller
 from blindinfer.errors import AttestationError, BindingError, BlindInferError, ConnectError
 
 log = logging.getLogger("blindinfer.client")
@@ -267,10 +267,8 @@ class _Conn:
     def __init__(self, sock: ssl.SSLSocket, spin_ns: int = SPIN_NS) -> None:
         self.sock = sock
         self._buf = bytearray(_RECV)
-        self._poller: select.poll | None = None  # registered once, asked before each reuse
-        if hasattr(select, "poll"):
-            self._poller = select.poll()
-            self._poller.register(sock, select.POLLIN)
+        # Registered once, asked before each reuse and while a reply is due.
+        self._poller = socket_poller(sock) if hasattr(select, "poll") else None
         self._view = memoryview(self._buf)
         self._spin_ns = spin_ns if self._poller is not None else 0
         self._last_wait = 0  # ns from the request's last byte to its reply's first

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol
 
-from blindinfer._polling import poll_until
+from blindinfer._polling import poll_until, socket_poller
 from blindinfer._server.coalesce import write_reply
 from blindinfer._wire.oip import HeaderCache
 
@@ -99,18 +99,6 @@ class DirectBody:
         self.buf = bytearray(min(declared, PREALLOCATE_MAX))
         self.pos = 0
 
-    def window(self) -> memoryview | None:
-        """The rest of the body's place, for the transport to decrypt straight into; None
-        where not all of it is allocated yet (a body over ``PREALLOCATE_MAX``)."""
-        if len(self.buf) < self.declared:
-            return None
-        return memoryview(self.buf)[self.pos : self.declared]
-
-    def advance(self, n: int) -> bool:
-        """``n`` more bytes were written into the window; True once the body is complete."""
-        self.pos += n
-        return self.pos >= self.declared
-
     def write(self, chunk: bytes) -> None:
         end = self.pos + len(chunk)
         if end <= len(self.buf):
@@ -144,18 +132,6 @@ def _direct_candidate(scope: dict[str, Any], limit: int) -> DirectBody | None:
 
 
 ABORT_AFTER_S = 1.0
-# A read that does not go straight into a body's place lands in a buffer this big (the TLS
-# layer asks for what it has pending; 64 KiB holds four full records).
-SCRATCH_SIZE = 65536
-
-
-def fresh_parser(old: Any, protocol: object) -> Any:
-    """A new parser of ``old``'s kind for ``protocol``, set up as uvicorn sets up its own
-    (httptools_impl.HttpToolsProtocol.__init__)."""
-    parser = type(old)(protocol)
-    with contextlib.suppress(AttributeError):  # httptools < 0.6.3
-        parser.set_dangerous_leniencies(lenient_data_after_close=True)
-    return parser
 
 
 def _unsent(transport: asyncio.BaseTransport) -> int:
@@ -179,13 +155,6 @@ def _raw_response(status: int, reason: str, message: str) -> bytes:
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
-
-
-def socket_poller(fd: int) -> select.poll:
-    """A poll object watching ``fd`` for input (one per connection, made on its first spin)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return poller
 
 
 _STATUS_LINES: dict[int, bytes] = {}
@@ -220,11 +189,7 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
     requests ``lane`` admits itself (the inference hot path: no ASGI task, scope messages or
     second write; ``infer.py``)."""
 
-    # Where a read that is not a windowed body lands, shared by the listener's connections:
-    # the loop hands each read to the parser synchronously, and the parser copies what it keeps.
-    scratch = memoryview(bytearray(SCRATCH_SIZE))
-
-    class Guarded(base, asyncio.BufferedProtocol):  # type: ignore[misc, valid-type]
+    class Guarded(base):  # type: ignore[misc, valid-type]
         _limits = limits
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -232,7 +197,6 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
             self._deferred: tuple[Any, Any] | None = None  # (cycle, app) not started yet
             self._ticket: tuple[object, Any, Any] | None = None  # (ticket, cycle, app)
             self._direct: DirectBody | None = None
-            self._windowed = False  # this direct body's bytes bypass the parser (get_buffer)
             self._poller: select.poll | None = None  # this socket, for _spin
             self._spinning = False
             self._deadline = 0.0
@@ -291,43 +255,9 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
                 # that keeps sending instead must not hold the connection that long.
                 self.loop.call_later(ABORT_AFTER_S, self.transport.abort)
 
-        # --- reads: a direct body decrypted straight into place ---------------------------------
-
-        def get_buffer(self, sizehint: int) -> memoryview:
-            """Where the transport puts the next bytes it read (decrypted, over TLS).
-
-            Once the head of a direct body has been parsed, the rest of that body goes straight
-            into its final buffer: the TLS layer decrypts into it, with no bytes object
-            per read, no parser pass and no copy into place (bench/README.md, "Fifth pass").
-            The window is exactly the bytes still due, so a pipelined request behind the body
-            is read separately, through the parser. Everything else lands in ``scratch`` and
-            goes through ``data_received`` as before."""
-            direct = self._direct
-            if direct is not None and not self._refused and self._phase in ("body", "drain"):
-                window = direct.window()
-                if window is not None:
-                    self._windowed = True
-                    return window
-            self._windowed = False
-            return scratch
-
-        def buffer_updated(self, nbytes: int) -> None:
-            if not self._windowed:
-                self.data_received(scratch[:nbytes])
-                return
-            direct = self._direct
-            if self._refused or direct is None:
-                return
-            self._extend()
-            if direct.advance(nbytes):
-                # The parser never saw these bytes: the next request starts with a fresh one.
-                self._windowed = False
-                self.parser: Any = fresh_parser(self.parser, self)
-                self.on_message_complete()
-
         # --- parser feed and callbacks --------------------------------------------------------
 
-        def data_received(self, data: bytes | memoryview) -> None:
+        def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
             counting = self._phase in ("idle", "head")
@@ -496,40 +426,3 @@ def guarded(base: type[Any], limits: ConnectionLimits, lane: Lane | None = None)
 
     Guarded.__name__ = f"Guarded{base.__name__}"
     return Guarded
-
-
-# What a transport calls on its protocol (asyncio.BaseProtocol, Protocol, BufferedProtocol).
-_FORWARDED = (
-    "connection_made",
-    "connection_lost",
-    "pause_writing",
-    "resume_writing",
-    "data_received",
-    "eof_received",
-    "get_buffer",
-    "buffer_updated",
-)
-
-
-class _Buffered(asyncio.BufferedProtocol):
-    """A ``Guarded`` protocol shown to its transport as a buffered protocol.
-
-    uvloop's TLS layer calls ``get_buffer`` only on a protocol that is not an
-    ``asyncio.Protocol`` (uvloop/sslproto.pyx, ``_set_app_protocol``), and uvicorn's protocols
-    are; asyncio's own TLS layer asks ``isinstance(p, BufferedProtocol)`` instead. This
-    wrapper is the one and forwards everything, as bound methods (no extra call per read)."""
-
-    def __init__(self, inner: asyncio.BaseProtocol) -> None:
-        self.inner = inner
-        for name in _FORWARDED:
-            setattr(self, name, getattr(inner, name))
-
-
-def buffered(protocol_class: type[Any]) -> Any:
-    """A protocol factory for uvicorn (``Config(http=...)``): ``protocol_class`` instances,
-    each behind ``_Buffered`` so that direct bodies are decrypted straight into place."""
-
-    def make(*args: Any, **kwargs: Any) -> _Buffered:
-        return _Buffered(protocol_class(*args, **kwargs))
-
-    return make

@@ -31,7 +31,7 @@ from blindinfer._server.config import Settings
 from blindinfer._server.infer import InferEndpoint
 from blindinfer._server.metrics import metrics_app
 from blindinfer._server.owner import owner_digest
-from blindinfer._server.protocol import ConnectionLimits, buffered, guarded
+from blindinfer._server.protocol import ConnectionLimits, guarded
 from blindinfer._server.state import Listener, ServerState
 from blindinfer._server.tls import generate_identity
 from blindinfer._storage.manifest import FileAnchor, StoreManifest, VersionAnchor
@@ -211,7 +211,7 @@ def listeners(state: ServerState) -> list[Listener]:
             s.host,
             s.port,
             state.tls.server_context(),
-            http_protocol=buffered(native),
+            http_protocol=native,
         )
     ]
     if s.blindai_compat:
